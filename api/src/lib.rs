@@ -1,0 +1,10 @@
+//! Types shared by a Cairn node and the tools that talk to it.
+//!
+//! This crate does no I/O (like `kube-core`): it parses, validates and describes
+//! documents, and leaves reading files, kernel parameters or sockets to its callers.
+
+#![forbid(unsafe_code)]
+
+pub mod machine_config;
+
+pub use machine_config::{ConfigError, FieldError, MachineConfig};

@@ -1,0 +1,45 @@
+//! The `cairn` node: PID 1 of a Cairn machine, or the same node role hosted on an
+//! existing Linux (`cairn node`).
+//!
+//! Start with [`boot`]: the phases a node goes through, in one file. Then:
+//! - [`node`]: boot → ready or maintenance → shutdown, for both kinds of host;
+//! - [`host`]: the seam behind which all PID 1-only actions live;
+//! - [`supervisor`] and [`reaper`]: services with restart backoff, and child reaping;
+//! - [`power`] and [`shutdown`]: what asks to stop, and the orderly way to stop;
+//! - [`mounts`], [`modules`], [`config_source`], [`cmdline`]: the pieces of boot;
+//! - [`sys`]: the kernel calls behind a trait, faked in unit tests;
+//! - [`pid1`]: the entry point that must never return or panic.
+//!
+//! Containers, the cluster store and the network reconciler live in their own crates.
+
+#![forbid(unsafe_code)]
+
+pub mod boot;
+pub mod cmdline;
+pub mod config_source;
+pub mod host;
+pub mod internal;
+pub mod logging;
+pub mod modules;
+pub mod mounts;
+pub mod node;
+pub mod phase;
+pub mod pid1;
+pub mod power;
+pub mod reaper;
+pub mod services;
+pub mod shutdown;
+pub mod supervisor;
+pub mod sys;
+
+/// An error and its causes, joined by `: ` (the one place error chains are flattened).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

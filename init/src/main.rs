@@ -1,0 +1,111 @@
+//! `cairn`: PID 1 of a Cairn node when the kernel starts it, otherwise a CLI
+//! (`cairn node` runs the node role on an existing host).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use cairn_init::boot::NodeOptions;
+use cairn_init::host::Host;
+use cairn_init::{internal, logging, node, pid1};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn node OS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node role on this (existing) Linux host, as an ordinary process.
+    Node {
+        /// The machine configuration (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Also run a test service (crashloop, orphans); repeatable.
+        #[arg(long = "test-service")]
+        test_services: Vec<String>,
+        /// Log filter, e.g. `info` or `info,cairn_net=debug`.
+        #[arg(long, default_value = logging::DEFAULT_FILTER)]
+        log: String,
+    },
+    /// Helpers the node runs as child processes.
+    #[command(hide = true, subcommand)]
+    Internal(Internal),
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// Start children that outlive this process (orphans), then exit.
+    SpawnOrphans {
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        linger_ms: u64,
+    },
+    /// Sleep, then exit.
+    Linger {
+        #[arg(long)]
+        ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let first_arg = std::env::args().nth(1);
+    let is_subcommand = matches!(first_arg.as_deref(), Some("node" | "internal"));
+    if std::process::id() == 1 && !is_subcommand {
+        // The kernel passes unknown undotted boot parameters as arguments; ignore them.
+        pid1::main();
+    }
+    match Cli::parse().command {
+        Command::Node {
+            config,
+            test_services,
+            log,
+        } => run_hosted_node(config, test_services, &log),
+        Command::Internal(Internal::SpawnOrphans { count, linger_ms }) => {
+            match internal::spawn_orphans(count, Duration::from_millis(linger_ms)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("cairn internal spawn-orphans: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Internal(Internal::Linger { ms }) => {
+            internal::linger(Duration::from_millis(ms));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run_hosted_node(config: PathBuf, test_services: Vec<String>, log: &str) -> ExitCode {
+    let started = Instant::now();
+    let logs = logging::init(log);
+    logging::install_panic_hook();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cairn")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cairn node: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = NodeOptions {
+        config_file: Some(config),
+        test_services,
+    };
+    let host = Host::Hosted;
+    let action = runtime.block_on(node::run(host.clone(), options, logs, started));
+    match host.finish(action) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,257 @@
+//! The one netlink handle type: reads links and addresses, and changes them idempotently.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::NetError;
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Kernel name, e.g. `eth0`.
+    pub name: String,
+    /// Hardware address, for Ethernet-like links.
+    pub mac: Option<[u8; 6]>,
+    /// Current MTU.
+    pub mtu: Option<u32>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Carrier present (`IFF_LOWER_UP`).
+    pub carrier: bool,
+}
+
+impl Link {
+    /// Reads the fields Cairn cares about out of a netlink link message.
+    pub fn from_message(message: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: message.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: None,
+            up: message.header.flags.contains(LinkFlags::Up),
+            carrier: message.header.flags.contains(LinkFlags::LowerUp),
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => link.name.clone_from(name),
+                LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(&bytes[..]).ok(),
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// A route as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Destination prefix (`0.0.0.0/0` or `::/0` for a default route).
+    pub to: IpNet,
+    /// Gateway, if the route has one.
+    pub via: Option<IpAddr>,
+    /// Output link index, if the route has one.
+    pub link_index: Option<u32>,
+}
+
+/// A connection to the kernel's routing netlink (`NETLINK_ROUTE`) in the caller's
+/// network namespace, as it was when [`Netlink::connect`] ran.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink socket and drives it on the current tokio runtime.
+    pub fn connect() -> Result<Self, NetError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// Every link in the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>, NetError> {
+        let messages: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| request("list links", source))?;
+        Ok(messages.iter().map(Link::from_message).collect())
+    }
+
+    /// Sets a link administratively up.
+    pub async fn set_up(&self, link: &Link) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(|source| request(format!("set {} up", link.name), source))
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, link: &Link, mtu: u32) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|source| request(format!("set mtu {mtu} on {}", link.name), source))
+    }
+
+    /// The addresses assigned to a link.
+    pub async fn addresses(&self, link: &Link) -> Result<Vec<IpNet>, NetError> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| request(format!("list addresses of {}", link.name), source))?;
+        let mut nets = Vec::new();
+        for message in messages {
+            let prefix = message.header.prefix_len;
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(ip) = attribute
+                    && let Ok(net) = IpNet::new(*ip, prefix)
+                {
+                    nets.push(net);
+                }
+            }
+        }
+        Ok(nets)
+    }
+
+    /// Assigns an address to a link; assigning one that is already there is not an error.
+    pub async fn add_address(&self, link: &Link, address: IpNet) -> Result<(), NetError> {
+        self.handle
+            .address()
+            .add(link.index, address.addr(), address.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| request(format!("add address {address} to {}", link.name), source))
+    }
+
+    /// Installs (or replaces) a static route through a link.
+    pub async fn add_route(
+        &self,
+        link: &Link,
+        to: IpNet,
+        via: Option<IpAddr>,
+    ) -> Result<(), NetError> {
+        let invalid = |reason: String| NetError::InvalidRoute {
+            to: to.to_string(),
+            reason,
+        };
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(to.addr(), to.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
+            .output_interface(link.index)
+            .protocol(RouteProtocol::Static);
+        builder = match via {
+            Some(gateway) => builder
+                .gateway(gateway)
+                .map_err(|e| invalid(e.to_string()))?,
+            None => builder.scope(RouteScope::Link),
+        };
+        let via_text = via.map(|g| format!(" via {g}")).unwrap_or_default();
+        self.handle
+            .route()
+            .add(builder.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| {
+                request(
+                    format!("add route {to}{via_text} dev {}", link.name),
+                    source,
+                )
+            })
+    }
+
+    /// Creates a veth pair (used by tests now, and by the pod network later).
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|source| request(format!("add veth {name} <-> {peer}"), source))
+    }
+
+    /// Every route of the main table, IPv4 and IPv6.
+    pub async fn routes(&self) -> Result<Vec<RouteEntry>, NetError> {
+        let mut entries = Vec::new();
+        for message in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let messages: Vec<_> = self
+                .handle
+                .route()
+                .get(message)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| request("list routes", source))?;
+            for message in messages {
+                let mut to = None;
+                let mut via = None;
+                let mut link_index = None;
+                for attribute in &message.attributes {
+                    match attribute {
+                        RouteAttribute::Destination(address) => to = route_ip(address),
+                        RouteAttribute::Gateway(address) => via = route_ip(address),
+                        RouteAttribute::Oif(index) => link_index = Some(*index),
+                        _ => {}
+                    }
+                }
+                let prefix = message.header.destination_prefix_length;
+                let to = match (to, message.header.address_family) {
+                    (Some(ip), _) => ip,
+                    (None, netlink_packet_route::AddressFamily::Inet6) => {
+                        IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+                    }
+                    (None, _) => IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+                };
+                if let Ok(to) = IpNet::new(to, prefix) {
+                    entries.push(RouteEntry {
+                        to,
+                        via,
+                        link_index,
+                    });
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+fn request(operation: impl Into<String>, source: rtnetlink::Error) -> NetError {
+    NetError::Request {
+        operation: operation.into(),
+        source,
+    }
+}
+
+fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
