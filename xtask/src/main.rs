@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask`: the project's recipes.
+//!
+//! - `image`: build the static `cairn` and the boot artefacts;
+//! - `demo`: build the image and boot a local node under QEMU (the main job);
+//! - `test`: install what is missing, then fmt, clippy and every test tier;
+//! - `bench boot`: boot timings against their goals and a same-run anchor.
+
+mod bench;
+mod build;
+mod demo;
+mod deps;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Cairn's build, run and test recipes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the static `cairn` binary, the vmlinux, the initramfs and the ISO.
+    Image {
+        /// Skip the ISO (faster; the ISO scenario then fails).
+        #[arg(long)]
+        no_iso: bool,
+    },
+    /// Build the image and boot a local Cairn node under QEMU; Ctrl-C powers it off.
+    Demo {
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+    },
+    /// Install missing packages, then run fmt, clippy and every test tier.
+    Test {
+        /// Do not try to install missing packages.
+        #[arg(long)]
+        no_install: bool,
+        /// Run only the QEMU scenarios whose name contains this.
+        #[arg(long)]
+        qemu_filter: Option<String>,
+    },
+    /// Benchmarks (not tests): print figures against goals and same-run anchors.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// Install the Debian packages the build and the tests need.
+    Deps,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Image { no_iso } => build::image(!no_iso).map(drop),
+        Task::Demo { memory } => demo::run(memory),
+        Task::Test {
+            no_install,
+            qemu_filter,
+        } => test::run(!no_install, qemu_filter.as_deref()),
+        Task::Bench { which } => bench::run(which),
+        Task::Deps => deps::ensure(),
+    }
+}

@@ -1,0 +1,153 @@
+//! A guest's serial console: read from QEMU's socket on a thread, split into lines,
+//! stamped with the host time since QEMU started, written to a log file and kept in
+//! memory for [`SerialLog::wait_for`].
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Child;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The line the kernel prints when it panics.
+pub const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+
+#[derive(Default)]
+struct State {
+    lines: Vec<String>,
+    /// Index of the first line the next wait looks at.
+    cursor: usize,
+    closed: bool,
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// A line matched.
+    Matched(String),
+    /// The kernel panicked first.
+    Panic,
+    /// The console closed (QEMU exited) first.
+    Closed,
+    /// Nothing matched in time.
+    TimedOut,
+}
+
+/// The console of one VM.
+pub struct SerialLog {
+    shared: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl SerialLog {
+    /// Connects to QEMU's serial socket (QEMU waits for us before starting the guest,
+    /// so no output is lost) and starts capturing.
+    pub fn connect(
+        socket: &Path,
+        log_path: &Path,
+        started: Instant,
+        child: &Arc<Mutex<Option<Child>>>,
+    ) -> std::io::Result<Self> {
+        let stream = connect_while_alive(socket, child)?;
+        let mut log = std::fs::File::create(log_path)?;
+        let shared: Arc<(Mutex<State>, Condvar)> = Arc::default();
+        let reader_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("serial".into())
+            .spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut raw = Vec::new();
+                loop {
+                    raw.clear();
+                    match reader.read_until(b'\n', &mut raw) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&raw)
+                                .trim_end_matches(['\r', '\n'])
+                                .to_owned();
+                            let at = started.elapsed();
+                            let _ = writeln!(
+                                log,
+                                "[+{:>4}.{:03}s] {line}",
+                                at.as_secs(),
+                                at.subsec_millis()
+                            );
+                            let (state, wake) = &*reader_shared;
+                            lock(state).lines.push(line);
+                            wake.notify_all();
+                        }
+                    }
+                }
+                let (state, wake) = &*reader_shared;
+                lock(state).closed = true;
+                wake.notify_all();
+            })?;
+        Ok(Self { shared })
+    }
+
+    /// Waits for a line matching `pattern` after the previous match.
+    pub fn wait_for(&self, pattern: &regex::Regex, timeout: Duration) -> WaitOutcome {
+        let deadline = Instant::now() + timeout;
+        let (state, wake) = &*self.shared;
+        let mut guard = lock(state);
+        loop {
+            while guard.cursor < guard.lines.len() {
+                let index = guard.cursor;
+                guard.cursor += 1;
+                let line = &guard.lines[index];
+                if pattern.is_match(line) {
+                    return WaitOutcome::Matched(line.clone());
+                }
+                if line.contains(KERNEL_PANIC) {
+                    return WaitOutcome::Panic;
+                }
+            }
+            if guard.closed {
+                return WaitOutcome::Closed;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return WaitOutcome::TimedOut;
+            }
+            guard = wake
+                .wait_timeout(guard, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let guard = lock(&self.shared.0);
+        let skip = guard.lines.len().saturating_sub(n);
+        guard.lines[skip..].to_vec()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn connect_while_alive(socket: &Path, child: &Mutex<Option<Child>>) -> std::io::Result<UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => {
+                let exited = child
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    return Err(std::io::Error::other(format!(
+                        "QEMU exited ({status}) before its serial socket appeared; see qemu.stderr"
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(err);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Building the static `cairn` binary and the image around it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use cairn_image::{ImageSpec, Manifest};
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    qemu_tests::target_dir()
+}
+
+/// Where `cargo xtask image` puts the artefacts.
+pub fn image_dir() -> PathBuf {
+    target_dir().join("cairn-image")
+}
+
+/// Runs cargo in the workspace with the given arguments; fails on a non-zero exit.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds the static release `cairn` and returns its path. The target and static
+/// linking flags come from `.cargo/config.toml`.
+pub fn cairn_binary() -> anyhow::Result<PathBuf> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "cairn-init",
+        "--bin",
+        "cairn",
+    ])?;
+    let binary = target_dir().join("x86_64-unknown-linux-gnu/release/cairn");
+    ensure_static(&binary)?;
+    Ok(binary)
+}
+
+/// Refuses a dynamically linked `/init`: the kernel would fail to start it with an
+/// unhelpful "No working init found".
+fn ensure_static(binary: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    if has_interpreter(&bytes) {
+        bail!(
+            "{} is dynamically linked (has PT_INTERP); check the crt-static flags in .cargo/config.toml",
+            binary.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a 64-bit little-endian ELF file has a `PT_INTERP` program header.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8).map(|b| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(b);
+            u64::from_le_bytes(word)
+        })
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..usize::from(phnum)).any(|i| {
+        let at = phoff as usize + i * usize::from(phentsize);
+        u32_at(at) == Some(3) // PT_INTERP
+    })
+}
+
+/// Builds the whole image and prints each artefact's size.
+pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
+    let cairn = cairn_binary()?;
+    let spec = ImageSpec {
+        cairn_binary: cairn.clone(),
+        out_dir: image_dir(),
+        kernel_release: std::env::var("CAIRN_KERNEL_RELEASE").ok(),
+        with_iso,
+    };
+    let manifest = cairn_image::build(&spec).context("building the image")?;
+    eprintln!(
+        "xtask: image for kernel {} in {}",
+        manifest.kernel_release,
+        spec.out_dir.display()
+    );
+    let mut artefacts = vec![
+        ("cairn (static, /init)", cairn),
+        ("vmlinux (PVH)", manifest.vmlinux.clone()),
+        ("vmlinuz", manifest.vmlinuz.clone()),
+        ("initramfs.cpio.zst", manifest.initramfs.clone()),
+    ];
+    if let Some(iso) = &manifest.iso {
+        artefacts.push(("cairn.iso", iso.clone()));
+    }
+    for (what, path) in artefacts {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{what:<24} {:>8.2} MiB  {}",
+            size as f64 / 1048576.0,
+            path.display()
+        );
+    }
+    println!("modules shipped: {}", manifest.modules.join(" "));
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_is_static_like_everything_built_for_the_target() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!has_interpreter(&me), "crt-static is not in effect");
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(has_interpreter(&dynamic));
+    }
+}
