@@ -199,3 +199,29 @@ pub fn build(spec: &ImageSpec) -> Result<Manifest, ImageError> {
     manifest.write(&spec.out_dir)?;
     Ok(manifest)
 }
+
+/// The marker the anchor initramfs prints once its shell runs as init.
+pub const ANCHOR_MARKER: &str = "anchor-ready";
+
+/// Builds the benchmark anchor: the same kernel with a trivial init (busybox `sh`) that
+/// prints [`ANCHOR_MARKER`] with the kernel's uptime and powers off. It measures what
+/// booting costs before any Cairn code runs.
+pub fn build_anchor_initramfs(busybox: &Path, out: &Path) -> Result<u64, ImageError> {
+    let mut archive = cpio_archive::Archive::default();
+    for dir in ["dev", "proc", "sys", "bin"] {
+        archive.dir(dir, 0o755);
+    }
+    archive.char_device("dev/console", 0o600, 5, 1);
+    let busybox_bytes = std::fs::read(busybox).map_err(io_error("cannot read", busybox))?;
+    archive.file("bin/busybox", 0o755, busybox_bytes);
+    archive.symlink("bin/sh", "busybox");
+    let script = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         read up idle < /proc/uptime\n\
+         echo \"{ANCHOR_MARKER} uptime=$up\"\n\
+         /bin/busybox poweroff -f\n"
+    );
+    archive.file("init", 0o755, script.into_bytes());
+    archive.write_zstd(out)
+}

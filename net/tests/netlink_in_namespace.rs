@@ -1,6 +1,8 @@
 //! Host tier (needs root): applies interface specs to real links inside a network
 //! namespace the test creates, and reads the result back from the kernel.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use std::time::Duration;
 
 use cairn_api::machine_config::{Interface, LinkSelector, Route};

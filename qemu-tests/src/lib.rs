@@ -204,6 +204,10 @@ pub struct VmSpec {
     pub nic: bool,
     /// Extra QEMU arguments (e.g. a user-mode management NIC).
     pub extra_args: Vec<String>,
+    /// Start QEMU in a process group of its own, so a terminal's Ctrl-C reaches only
+    /// the harness (which may turn it into a power-button press). Tests leave this off
+    /// so that interrupting them also stops their VMs.
+    pub own_process_group: bool,
 }
 
 impl VmSpec {
@@ -217,6 +221,7 @@ impl VmSpec {
             extra_cmdline: Vec::new(),
             nic: true,
             extra_args: Vec::new(),
+            own_process_group: false,
         }
     }
 

@@ -3,6 +3,8 @@
 //!
 //! Run by `cargo xtask test` (they need root, QEMU and a built image).
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
 use std::time::Duration;
 
 use base64::Engine;
