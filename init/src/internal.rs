@@ -1,5 +1,5 @@
 //! Hidden helper commands the node runs as separate processes of its own binary
-//! (`cairn internal …`): the orphan maker used by the `orphans` test service.
+//! (`cairn internal …`): helpers of the test services (orphans, a SIGTERM-proof child).
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,6 +20,18 @@ pub fn spawn_orphans(count: u32, linger: Duration) -> std::io::Result<()> {
             .spawn()?;
     }
     Ok(())
+}
+
+/// Blocks SIGTERM (it stays pending, so the process never ends by it) and sleeps until
+/// killed: the stand-in for a process that ignores a polite shutdown.
+pub fn ignore_term() -> ! {
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    blocked.add(nix::sys::signal::Signal::SIGTERM);
+    let _ = blocked.thread_block();
+    println!("SIGTERM blocked");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Sleeps, then exits.

@@ -46,6 +46,8 @@ enum Internal {
         #[arg(long)]
         linger_ms: u64,
     },
+    /// Block SIGTERM and sleep until killed.
+    IgnoreTerm,
     /// Sleep, then exit.
     Linger {
         #[arg(long)]
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Internal(Internal::IgnoreTerm) => internal::ignore_term(),
         Command::Internal(Internal::Linger { ms }) => {
             internal::linger(Duration::from_millis(ms));
             ExitCode::SUCCESS

@@ -56,6 +56,12 @@ pub struct Reaper {
 pub struct TrackedChild {
     pid: Pid,
     exit: oneshot::Receiver<ChildExit>,
+    /// Its stdin, if the command asked for a pipe.
+    pub stdin: Option<std::process::ChildStdin>,
+    /// Its stdout, if the command asked for a pipe.
+    pub stdout: Option<std::process::ChildStdout>,
+    /// Its stderr, if the command asked for a pipe.
+    pub stderr: Option<std::process::ChildStderr>,
 }
 
 impl TrackedChild {
@@ -96,13 +102,18 @@ impl Reaper {
     /// (or collect a child whose `exec` failed, which `std` reaps itself).
     pub fn spawn(&self, command: &mut Command) -> io::Result<TrackedChild> {
         let mut registry = self.registry();
-        let child = command.spawn()?;
+        let mut child = command.spawn()?;
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-        // Dropping `std::process::Child` neither waits nor kills.
-        drop(child);
         let (tx, rx) = oneshot::channel();
         registry.waiting.insert(pid.as_raw(), tx);
-        Ok(TrackedChild { pid, exit: rx })
+        // Dropping `std::process::Child` (after taking its pipes) neither waits nor kills.
+        Ok(TrackedChild {
+            pid,
+            exit: rx,
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+        })
     }
 
     /// Collects every child that has ended; returns how many were collected.

@@ -549,6 +549,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn services_stop_in_reverse_start_order() {
+        struct Recorder {
+            name: &'static str,
+            stops: Arc<Mutex<Vec<&'static str>>>,
+        }
+        impl Service for Recorder {
+            fn name(&self) -> &str {
+                self.name
+            }
+            fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
+                let (name, stops) = (self.name, Arc::clone(&self.stops));
+                async move {
+                    ctx.shutdown.cancelled().await;
+                    stops.lock().unwrap().push(name);
+                    Ok(())
+                }
+                .boxed()
+            }
+        }
+        let supervisor = supervisor();
+        let stops = Arc::new(Mutex::new(Vec::new()));
+        for name in ["first", "second", "third"] {
+            supervisor
+                .start(Arc::new(Recorder {
+                    name,
+                    stops: Arc::clone(&stops),
+                }))
+                .expect("start");
+            wait_until(&supervisor, name, |s| s.state == ServiceState::Running).await;
+        }
+        supervisor.stop_all().await;
+        assert_eq!(*stops.lock().unwrap(), ["third", "second", "first"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn service_ignoring_shutdown_is_aborted_after_the_grace() {
         struct Stubborn;
         impl Service for Stubborn {

@@ -133,7 +133,7 @@ fn hosted_node_boots_to_ready_and_stops_in_order_on_sigterm() {
 fn crashing_service_is_restarted_with_growing_backoff_and_the_node_survives() {
     let config = config_file(VALID);
     let mut node = HostedNode::start(config.path(), &["crashloop"]);
-    node.wait_for(r"\bready\b", T);
+    // No wait for `ready` first: the service may log before it.
     let mut delays = Vec::new();
     for restart in 1..=4 {
         let line = node.wait_for(
@@ -156,7 +156,7 @@ fn crashing_service_is_restarted_with_growing_backoff_and_the_node_survives() {
 fn orphans_of_children_are_reaped_so_no_zombies_accumulate() {
     let config = config_file(VALID);
     let mut node = HostedNode::start(config.path(), &["orphans"]);
-    node.wait_for(r"\bready\b", T);
+    // No wait for `ready` first: the service may log before it.
     let mut last = String::new();
     for round in 1..=3 {
         last = node.wait_for(&format!(r"orphan round round={round} "), T);
@@ -194,5 +194,17 @@ fn unknown_test_service_is_a_clear_maintenance_reason() {
     let line = node.wait_for(r"maintenance: boot stopped", T);
     assert!(line.contains(r#"unknown test service "nosuch""#), "{line}");
     node.signal("TERM");
+    assert!(node.wait_exit(T).success());
+}
+
+#[test]
+fn sigpwr_stops_the_node_and_a_child_ignoring_sigterm_is_killed() {
+    let config = config_file(VALID);
+    let mut node = HostedNode::start(config.path(), &["stubborn"]);
+    node.wait_for(r"stubborn child started", T);
+    node.signal("PWR");
+    node.wait_for(r"shutdown: begin action=power-off cause=SIGPWR", T);
+    node.wait_for(r"processes ignored SIGTERM; killing them left=1 ", T);
+    node.wait_for(r"shutdown: complete", T);
     assert!(node.wait_exit(T).success());
 }

@@ -491,6 +491,27 @@ impl Vm {
         let regex =
             regex::Regex::new(pattern).map_err(|_| HarnessError::Pattern(pattern.into()))?;
         let outcome = self.serial.wait_for(&regex, timeout);
+        self.outcome(outcome, pattern, timeout)
+    }
+
+    /// Waits until each pattern has matched a line, in any order (for lines whose
+    /// order is not fixed, like a service's first words and the `ready` line).
+    pub fn wait_for_each(&self, patterns: &[&str], timeout: Duration) -> Result<(), HarnessError> {
+        let regexes = patterns
+            .iter()
+            .map(|p| regex::Regex::new(p).map_err(|_| HarnessError::Pattern((*p).into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcome = self.serial.wait_for_each(&regexes, timeout);
+        self.outcome(outcome, &patterns.join(" & "), timeout)
+            .map(drop)
+    }
+
+    fn outcome(
+        &self,
+        outcome: serial::WaitOutcome,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, HarnessError> {
         let tail = || self.serial.tail(40).join("\n");
         match outcome {
             serial::WaitOutcome::Matched(line) => Ok(line),

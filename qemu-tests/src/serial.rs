@@ -84,6 +84,52 @@ impl SerialLog {
         Ok(Self { shared })
     }
 
+    /// Waits until every pattern has matched some line after the previous match, in
+    /// any order; afterwards the next wait starts after the last of those lines.
+    pub fn wait_for_each(&self, patterns: &[regex::Regex], timeout: Duration) -> WaitOutcome {
+        let deadline = Instant::now() + timeout;
+        let (state, wake) = &*self.shared;
+        let mut guard = lock(state);
+        let mut found: Vec<Option<usize>> = vec![None; patterns.len()];
+        let mut scanned = guard.cursor;
+        loop {
+            while scanned < guard.lines.len() {
+                let line = &guard.lines[scanned];
+                if line.contains(KERNEL_PANIC) {
+                    guard.cursor = scanned + 1;
+                    return WaitOutcome::Panic;
+                }
+                for (slot, pattern) in found.iter_mut().zip(patterns) {
+                    if slot.is_none() && pattern.is_match(line) {
+                        *slot = Some(scanned);
+                    }
+                }
+                scanned += 1;
+            }
+            if found.iter().all(Option::is_some) {
+                let last = found
+                    .iter()
+                    .flatten()
+                    .max()
+                    .copied()
+                    .unwrap_or(guard.cursor);
+                guard.cursor = last + 1;
+                return WaitOutcome::Matched(guard.lines[last].clone());
+            }
+            if guard.closed {
+                return WaitOutcome::Closed;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return WaitOutcome::TimedOut;
+            }
+            guard = wake
+                .wait_timeout(guard, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Waits for a line matching `pattern` after the previous match.
     pub fn wait_for(&self, pattern: &regex::Regex, timeout: Duration) -> WaitOutcome {
         let deadline = Instant::now() + timeout;

@@ -134,7 +134,7 @@ fn crashing_service_restarts_with_growing_backoff_and_pid1_survives() {
                 .cmdline("cairn.test=crashloop"),
         )
         .expect("start");
-    vm.wait_for(r"\bready elapsed_ms=", BOOT).expect("ready");
+    // No wait for `ready` first: the service may log before it.
     let mut delays = Vec::new();
     for restart in 1..=5 {
         let line = vm
@@ -231,7 +231,7 @@ fn orphaned_processes_are_reaped_so_zombies_do_not_accumulate() {
                 .cmdline("cairn.test=orphans"),
         )
         .expect("start");
-    vm.wait_for(r"\bready elapsed_ms=", BOOT).expect("ready");
+    // No wait for `ready` first: the service may log before it.
     let mut last = String::new();
     for round in 1..=3 {
         last = vm
@@ -241,4 +241,26 @@ fn orphaned_processes_are_reaped_so_zombies_do_not_accumulate() {
     }
     assert!(field(&last, "orphans_reaped") >= 15, "{last}");
     power_off_in_order(&vm);
+}
+
+#[test]
+#[ignore = "boots QEMU: run by cargo xtask test"]
+fn processes_ignoring_sigterm_are_killed_at_shutdown() {
+    let cluster = cluster("processes_ignoring_sigterm_are_killed_at_shutdown");
+    let vm = cluster
+        .start(
+            VmSpec::new("node-1")
+                .config(CONFIG)
+                .cmdline("cairn.test=stubborn"),
+        )
+        .expect("start");
+    // The service and the boot sequence log concurrently: either may come first.
+    vm.wait_for_each(&[r"stubborn child started", r"\bready elapsed_ms="], BOOT)
+        .expect("ready, with the stubborn child");
+    vm.press_power_button().expect("power button");
+    vm.wait_for(r"processes ignored SIGTERM; killing them left=1 ", STEP)
+        .expect("TERM, grace, then KILL");
+    vm.wait_for(r"shutdown: complete action=power-off", STEP)
+        .expect("shutdown completes");
+    assert!(vm.wait_exit(STEP).expect("QEMU exits").success());
 }

@@ -32,9 +32,11 @@ pub fn test_service(name: &str) -> Result<Arc<dyn Service>, UnknownTestService> 
     match name {
         "crashloop" => Ok(Arc::new(testing::Crashloop)),
         "orphans" => Ok(Arc::new(testing::Orphans)),
+        "stubborn" => Ok(Arc::new(testing::Stubborn)),
+        "beacon" => Ok(Arc::new(testing::Beacon)),
         _ => Err(UnknownTestService {
             name: name.to_owned(),
-            known: "crashloop, orphans".to_owned(),
+            known: "crashloop, orphans, stubborn, beacon".to_owned(),
         }),
     }
 }
