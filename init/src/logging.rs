@@ -100,9 +100,11 @@ impl<'a> MakeWriter<'a> for KmsgSink {
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        // Errors go in as warnings: the kernel echoes records more severe than its
+        // console level (4 after boot) to the console, where we already printed them,
+        // and the echo can land in the middle of our own line. The text keeps "ERROR".
         let priority = match *meta.level() {
-            Level::ERROR => 3,
-            Level::WARN => 4,
+            Level::ERROR | Level::WARN => 4,
             Level::INFO => 6,
             Level::DEBUG | Level::TRACE => 7,
         };
@@ -253,7 +255,7 @@ pub fn init(filter: &str) -> LogHandles {
         .with_writer(io::stderr);
     let kmsg = tracing_subscriber::fmt::layer()
         .without_time()
-        .with_level(false)
+        .with_level(true)
         .with_target(false)
         .with_writer(handles.kmsg.clone());
     let services = ServiceLogLayer {

@@ -53,9 +53,9 @@ pub fn run(memory_mib: u32) -> anyhow::Result<()> {
                 println!("{line}");
                 if line.contains(" ready elapsed_ms=") {
                     eprintln!(
-                        "xtask: node demo-1 is ready ({:.1} s after QEMU started). It is on a \
-                         private segment as 10.5.0.2/24; its machine API arrives with the next \
-                         issue. Press Ctrl-C to power it off in order.",
+                        "xtask: node demo-1 is ready ({:.1} s after QEMU started), as \
+                         10.5.0.2/24 on a private segment. Press Ctrl-C to power it off in \
+                         order.",
                         vm.started().elapsed().as_secs_f64()
                     );
                 }
