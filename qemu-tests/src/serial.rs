@@ -197,3 +197,78 @@ fn connect_while_alive(socket: &Path, child: &Mutex<Option<Child>>) -> std::io::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn console() -> (SerialLog, UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let child: Arc<Mutex<Option<Child>>> = Arc::default();
+        let log =
+            SerialLog::connect(&socket, &dir.path().join("log"), Instant::now(), &child).unwrap();
+        let (guest, _) = listener.accept().unwrap();
+        (log, guest, dir)
+    }
+
+    fn re(p: &str) -> regex::Regex {
+        regex::Regex::new(p).unwrap()
+    }
+
+    #[test]
+    fn waits_continue_after_the_previous_match_and_see_crlf_lines() {
+        let (log, mut guest, _dir) = console();
+        guest
+            .write_all(b"boot\r\nready one\r\nready two\r\n")
+            .unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            log.wait_for(&re("ready"), t),
+            WaitOutcome::Matched("ready one".into())
+        );
+        assert_eq!(
+            log.wait_for(&re("ready"), t),
+            WaitOutcome::Matched("ready two".into())
+        );
+        assert_eq!(
+            log.wait_for(&re("ready"), Duration::from_millis(50)),
+            WaitOutcome::TimedOut
+        );
+    }
+
+    #[test]
+    fn each_of_several_patterns_may_come_in_any_order() {
+        let (log, mut guest, _dir) = console();
+        guest.write_all(b"b happened\na happened\nafter\n").unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            log.wait_for_each(&[re("^a"), re("^b")], t),
+            WaitOutcome::Matched("a happened".into())
+        );
+        assert_eq!(
+            log.wait_for(&re("."), t),
+            WaitOutcome::Matched("after".into())
+        );
+    }
+
+    #[test]
+    fn a_kernel_panic_or_a_closed_console_ends_the_wait_at_once() {
+        let (log, mut guest, _dir) = console();
+        guest
+            .write_all(b"[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n")
+            .unwrap();
+        assert_eq!(
+            log.wait_for(&re("ready"), Duration::from_secs(30)),
+            WaitOutcome::Panic
+        );
+        drop(guest);
+        assert_eq!(
+            log.wait_for(&re("ready"), Duration::from_secs(30)),
+            WaitOutcome::Closed
+        );
+    }
+}
