@@ -5,6 +5,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
+pub mod client_config;
+pub mod machine_api;
 pub mod machine_config;
+pub mod pki;
 
 pub use machine_config::{ConfigError, FieldError, MachineConfig};

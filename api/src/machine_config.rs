@@ -3,19 +3,29 @@
 //! A config is parsed in two steps. Deserialising checks the shape (unknown fields and
 //! wrong types are errors, reported with their line and column); [`MachineConfig::validate`]
 //! then checks the meaning and reports *every* problem at once, each with its YAML path,
-//! so an operator fixes a document in one round trip.
+//! so an operator fixes a document in one round trip. Typed views
+//! ([`MachineConfig::interfaces`], …) are what the node applies; [`changes`] says which
+//! differences between two configs can be applied live and which need a reboot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::pki;
+
 /// The only `apiVersion` this build understands.
 pub const API_VERSION: &str = "cairn.dev/v1alpha1";
 /// The `kind` of a machine configuration document.
 pub const KIND: &str = "MachineConfig";
+/// What secrets are replaced with for readers.
+pub const REDACTED: &str = "(redacted)";
+/// The pod network used when the config names none.
+pub const DEFAULT_POD_SUBNET: &str = "10.244.0.0/16";
+/// The service network used when the config names none.
+pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/12";
 
 /// Why a machine configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +38,18 @@ pub enum ConfigError {
     Invalid(Vec<FieldError>),
 }
 
+impl ConfigError {
+    /// Every problem as `path: message` lines (one line for a syntax error).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Syntax(text) => vec![text.clone()],
+            ConfigError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 /// One problem in a document, located by its YAML path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     /// Where the problem is, e.g. `machine.network.interfaces[0].addresses[1]`.
     pub path: String,
@@ -70,6 +90,9 @@ pub struct MachineConfig {
     pub kind: String,
     /// Everything about this machine.
     pub machine: MachineSpec,
+    /// The cluster this machine belongs to; absent for a standalone machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// The `machine` section: this node's own settings.
@@ -82,9 +105,20 @@ pub struct MachineSpec {
     /// The node's hostname; the kernel's default is kept when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// Links, addresses and routes.
+    /// Links, addresses, routes and resolvers.
     #[serde(default)]
     pub network: NetworkSpec,
+    /// The disk that holds the node's state; without one the node is ephemeral.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallSpec>,
+    /// Kernel parameters under `/proc/sys`, by dotted name (`net.ipv4.ip_forward: "1"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Modules to load at boot besides the image's own set, with parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_modules: Vec<KernelModuleSpec>,
+    /// The cluster CA and this node's machine API certificate.
+    pub certs: CertsSpec,
 }
 
 /// The role a node plays in its cluster.
@@ -97,6 +131,15 @@ pub enum MachineType {
     Worker,
 }
 
+impl fmt::Display for MachineType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MachineType::Controlplane => "controlplane",
+            MachineType::Worker => "worker",
+        })
+    }
+}
+
 /// The `machine.network` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -104,6 +147,9 @@ pub struct NetworkSpec {
     /// Interfaces to configure; interfaces not listed are left down (except `lo`).
     #[serde(default)]
     pub interfaces: Vec<InterfaceConfig>,
+    /// DNS servers, written to `/etc/resolv.conf`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
 }
 
 /// One entry of `machine.network.interfaces`, as written in the document.
@@ -123,8 +169,11 @@ pub struct InterfaceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Routes through this link.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// Also ask DHCP for an address (and a default route and nameservers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 /// One entry of an interface's `routes`, as written in the document.
@@ -136,6 +185,80 @@ pub struct RouteConfig {
     /// Gateway; the destination is on-link when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+}
+
+/// The `machine.install` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InstallSpec {
+    /// The whole disk Cairn may partition, e.g. `/dev/vda`.
+    pub disk: String,
+}
+
+/// One entry of `machine.kernelModules`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KernelModuleSpec {
+    /// Module name, e.g. `br_netfilter`.
+    pub name: String,
+    /// Parameters, `key=value` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+}
+
+/// The `machine.certs` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertsSpec {
+    /// The cluster CA: its certificate always, its key where the node may sign (then
+    /// the node issues its own machine API certificate).
+    pub ca: CaCerts,
+    /// This node's machine API certificate and key (needed when the CA key is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeCerts>,
+}
+
+/// The cluster CA, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaCerts {
+    /// The CA certificate.
+    pub crt: String,
+    /// The CA private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A node certificate and key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeCerts {
+    /// The certificate, signed by the cluster CA.
+    pub crt: String,
+    /// Its private key.
+    pub key: String,
+}
+
+/// The `cluster` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// The cluster's name.
+    pub name: String,
+    /// Where the cluster's API is reached, e.g. `https://10.5.0.2:6443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Addresses of the control-plane nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_planes: Vec<String>,
+    /// The join token (`[a-z0-9]{6}.[a-z0-9]{16}`).
+    pub token: String,
+    /// The pod network; [`DEFAULT_POD_SUBNET`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet: Option<String>,
+    /// The service network; [`DEFAULT_SERVICE_SUBNET`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_subnet: Option<String>,
 }
 
 /// How an interface is found among the machine's links.
@@ -167,6 +290,8 @@ pub struct Interface {
     pub mtu: Option<u32>,
     /// Routes to install through this link.
     pub routes: Vec<Route>,
+    /// Whether to run DHCP on it.
+    pub dhcp: bool,
 }
 
 /// A validated route.
@@ -214,7 +339,8 @@ impl MachineConfig {
                 format!("{:?} is not {KIND:?}", self.kind),
             ));
         }
-        if let Some(hostname) = &self.machine.hostname
+        let machine = &self.machine;
+        if let Some(hostname) = &machine.hostname
             && let Err(why) = check_hostname(hostname)
         {
             problems.push(FieldError::new(
@@ -222,10 +348,155 @@ impl MachineConfig {
                 format!("{hostname:?} {why}"),
             ));
         }
-        if let Err(mut interface_problems) = self.interfaces() {
-            problems.append(&mut interface_problems);
+        let interfaces = match self.interfaces() {
+            Ok(interfaces) => interfaces,
+            Err(mut interface_problems) => {
+                problems.append(&mut interface_problems);
+                Vec::new()
+            }
+        };
+        for (i, text) in machine.network.nameservers.iter().enumerate() {
+            if text.parse::<IpAddr>().is_err() {
+                problems.push(FieldError::new(
+                    format!("machine.network.nameservers[{i}]"),
+                    format!("{text:?} is not an IP address"),
+                ));
+            }
         }
+        if let Some(install) = &machine.install
+            && (!install.disk.starts_with("/dev/") || install.disk.contains(".."))
+        {
+            problems.push(FieldError::new(
+                "machine.install.disk",
+                format!("{:?} is not a device path like /dev/vda", install.disk),
+            ));
+        }
+        for (key, value) in &machine.sysctls {
+            let path = format!("machine.sysctls[{key:?}]");
+            if let Err(why) = check_sysctl_key(key) {
+                problems.push(FieldError::new(&path, why));
+            }
+            if value.contains('\n') {
+                problems.push(FieldError::new(&path, "value must be one line"));
+            }
+        }
+        for (i, module) in machine.kernel_modules.iter().enumerate() {
+            let path = format!("machine.kernelModules[{i}]");
+            let valid_name = !module.name.is_empty()
+                && module
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid_name {
+                problems.push(FieldError::new(
+                    format!("{path}.name"),
+                    format!("{:?} is not a module name", module.name),
+                ));
+            }
+            for (j, parameter) in module.parameters.iter().enumerate() {
+                let valid = parameter
+                    .split_once('=')
+                    .is_some_and(|(k, _)| !k.is_empty() && !k.contains(char::is_whitespace));
+                if !valid {
+                    problems.push(FieldError::new(
+                        format!("{path}.parameters[{j}]"),
+                        format!("{parameter:?} is not key=value"),
+                    ));
+                }
+            }
+        }
+        check_certs(&machine.certs, &mut problems);
+        self.check_cluster(&interfaces, &mut problems);
         problems
+    }
+
+    fn check_cluster(&self, interfaces: &[Interface], problems: &mut Vec<FieldError>) {
+        let Some(cluster) = &self.cluster else {
+            if self.machine.machine_type == MachineType::Worker {
+                problems.push(FieldError::new(
+                    "cluster",
+                    "a worker needs a cluster section with the control plane's endpoint",
+                ));
+            }
+            return;
+        };
+        if let Err(why) = check_hostname(&cluster.name) {
+            problems.push(FieldError::new(
+                "cluster.name",
+                format!("{:?} {why}", cluster.name),
+            ));
+        }
+        match &cluster.endpoint {
+            None if self.machine.machine_type == MachineType::Worker => {
+                problems.push(FieldError::new(
+                    "cluster.endpoint",
+                    "a worker needs the control plane's endpoint, e.g. https://10.5.0.2:6443",
+                ));
+            }
+            Some(endpoint) if !is_https_url(endpoint) => {
+                problems.push(FieldError::new(
+                    "cluster.endpoint",
+                    format!("{endpoint:?} is not an https:// URL with a host"),
+                ));
+            }
+            _ => {}
+        }
+        for (i, address) in cluster.control_planes.iter().enumerate() {
+            if address.parse::<IpAddr>().is_err() && check_hostname(address).is_err() {
+                problems.push(FieldError::new(
+                    format!("cluster.controlPlanes[{i}]"),
+                    format!("{address:?} is neither an IP address nor a DNS name"),
+                ));
+            }
+        }
+        if !is_token(&cluster.token) {
+            problems.push(FieldError::new(
+                "cluster.token",
+                "is not a token like abcdef.0123456789abcdef ([a-z0-9]{6}.[a-z0-9]{16})",
+            ));
+        }
+        let subnet = |path: &str, text: Option<&str>, default: &str| {
+            let text = text.unwrap_or(default);
+            text.parse::<IpNet>().map_err(|_| {
+                FieldError::new(path, format!("{text:?} is not an IP prefix like {default}"))
+            })
+        };
+        let pods = subnet(
+            "cluster.podSubnet",
+            cluster.pod_subnet.as_deref(),
+            DEFAULT_POD_SUBNET,
+        );
+        let services = subnet(
+            "cluster.serviceSubnet",
+            cluster.service_subnet.as_deref(),
+            DEFAULT_SERVICE_SUBNET,
+        );
+        match (pods, services) {
+            (Ok(pods), Ok(services)) => {
+                if overlaps(&pods, &services) {
+                    problems.push(FieldError::new(
+                        "cluster.serviceSubnet",
+                        format!("{services} overlaps cluster.podSubnet {pods}"),
+                    ));
+                }
+                for (i, interface) in interfaces.iter().enumerate() {
+                    for address in &interface.addresses {
+                        for (name, net) in [("podSubnet", pods), ("serviceSubnet", services)] {
+                            if overlaps(&address.trunc(), &net) {
+                                problems.push(FieldError::new(
+                                    format!("machine.network.interfaces[{i}].addresses"),
+                                    format!("{address} overlaps cluster.{name} {net}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            (pods, services) => {
+                problems.extend(pods.err());
+                problems.extend(services.err());
+            }
+        }
     }
 
     /// The configured interfaces in typed form, or every problem found in them.
@@ -334,6 +605,7 @@ impl MachineConfig {
                     addresses,
                     mtu: raw.mtu,
                     routes,
+                    dhcp: raw.dhcp,
                 });
             }
         }
@@ -342,6 +614,198 @@ impl MachineConfig {
         } else {
             Err(problems)
         }
+    }
+
+    /// The configured nameservers (invalid entries, which validation reports, skipped).
+    pub fn nameservers(&self) -> Vec<IpAddr> {
+        self.machine
+            .network
+            .nameservers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
+    /// A copy safe to show a reader: private keys and the join token replaced.
+    pub fn redacted(&self) -> MachineConfig {
+        let mut copy = self.clone();
+        let certs = &mut copy.machine.certs;
+        if certs.ca.key.is_some() {
+            certs.ca.key = Some(REDACTED.to_owned());
+        }
+        if let Some(node) = &mut certs.node {
+            node.key = REDACTED.to_owned();
+        }
+        if let Some(cluster) = &mut copy.cluster {
+            cluster.token = REDACTED.to_owned();
+        }
+        copy
+    }
+}
+
+/// Where a change between two configs lands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChanges {
+    /// Changed sections the node applies while running.
+    pub live: Vec<String>,
+    /// Changed sections that take effect only after a reboot.
+    pub needs_reboot: Vec<String>,
+}
+
+impl ConfigChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.needs_reboot.is_empty()
+    }
+}
+
+/// Compares two configs section by section: hostname, network, sysctls and
+/// certificates apply live; the machine type, install disk, kernel modules and the
+/// cluster section need a reboot.
+pub fn changes(old: &MachineConfig, new: &MachineConfig) -> ConfigChanges {
+    let mut result = ConfigChanges::default();
+    let (a, b) = (&old.machine, &new.machine);
+    let mut note = |changed: bool, path: &str, live: bool| {
+        if changed {
+            let list = if live {
+                &mut result.live
+            } else {
+                &mut result.needs_reboot
+            };
+            list.push(path.to_owned());
+        }
+    };
+    note(a.hostname != b.hostname, "machine.hostname", true);
+    note(a.network != b.network, "machine.network", true);
+    // Starting or stopping a DHCP client is done at boot.
+    let dhcp = |m: &MachineSpec| -> Vec<(Option<String>, Option<String>)> {
+        m.network
+            .interfaces
+            .iter()
+            .filter(|i| i.dhcp)
+            .map(|i| (i.name.clone(), i.mac.clone()))
+            .collect()
+    };
+    note(
+        dhcp(a) != dhcp(b),
+        "machine.network.interfaces[].dhcp",
+        false,
+    );
+    note(a.sysctls != b.sysctls, "machine.sysctls", true);
+    note(a.certs != b.certs, "machine.certs", true);
+    note(a.machine_type != b.machine_type, "machine.type", false);
+    note(a.install != b.install, "machine.install", false);
+    note(
+        a.kernel_modules != b.kernel_modules,
+        "machine.kernelModules",
+        false,
+    );
+    note(old.cluster != new.cluster, "cluster", false);
+    result
+}
+
+fn check_certs(certs: &CertsSpec, problems: &mut Vec<FieldError>) {
+    let ca_ok = match pki::cert_info(&certs.ca.crt, "machine.certs.ca.crt") {
+        Ok(info) if info.is_ca => true,
+        Ok(_) => {
+            problems.push(FieldError::new(
+                "machine.certs.ca.crt",
+                "is not a CA certificate (basic constraints CA:TRUE)",
+            ));
+            false
+        }
+        Err(_) => {
+            problems.push(FieldError::new(
+                "machine.certs.ca.crt",
+                "is not a PEM X.509 certificate",
+            ));
+            false
+        }
+    };
+    if let Some(key) = &certs.ca.key {
+        check_key(&certs.ca.crt, key, ca_ok, "machine.certs.ca.key", problems);
+    }
+    match &certs.node {
+        None if certs.ca.key.is_none() => problems.push(FieldError::new(
+            "machine.certs.node",
+            "is required unless machine.certs.ca.key is given (the node then issues its own)",
+        )),
+        None => {}
+        Some(node) => {
+            let node_ok = pki::cert_info(&node.crt, "machine.certs.node.crt").is_ok();
+            if !node_ok {
+                problems.push(FieldError::new(
+                    "machine.certs.node.crt",
+                    "is not a PEM X.509 certificate",
+                ));
+            } else if ca_ok && !pki::is_signed_by(&node.crt, &certs.ca.crt).unwrap_or(false) {
+                problems.push(FieldError::new(
+                    "machine.certs.node.crt",
+                    "is not signed by machine.certs.ca.crt",
+                ));
+            }
+            check_key(
+                &node.crt,
+                &node.key,
+                node_ok,
+                "machine.certs.node.key",
+                problems,
+            );
+        }
+    }
+}
+
+fn check_key(cert: &str, key: &str, cert_ok: bool, path: &str, problems: &mut Vec<FieldError>) {
+    match pki::key_matches_cert(cert, key) {
+        Ok(true) => {}
+        Ok(false) => problems.push(FieldError::new(path, "does not match its certificate")),
+        Err(pki::PkiError::Key { .. }) => {
+            problems.push(FieldError::new(path, "is not a PEM private key"))
+        }
+        // The certificate itself is already reported.
+        Err(_) if !cert_ok => {}
+        Err(err) => problems.push(FieldError::new(path, err.to_string())),
+    }
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn is_https_url(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("https://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    !authority.is_empty() && !authority.starts_with(':')
+}
+
+fn is_token(text: &str) -> bool {
+    let lower_alnum = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    match text.split_once('.') {
+        Some((id, secret)) => {
+            id.len() == 6 && secret.len() == 16 && lower_alnum(id) && lower_alnum(secret)
+        }
+        None => false,
+    }
+}
+
+fn check_sysctl_key(key: &str) -> Result<(), String> {
+    let valid = !key.is_empty()
+        && !key.starts_with(['.', '/'])
+        && !key.contains("..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a sysctl name like net.ipv4.ip_forward"
+        ))
     }
 }
 
@@ -378,7 +842,8 @@ fn check_link_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn check_hostname(name: &str) -> Result<(), &'static str> {
+/// Checks a DNS name (hostname or cluster name).
+pub fn check_hostname(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 253 {
         return Err("must be 1 to 253 characters long");
     }
@@ -401,36 +866,57 @@ fn check_hostname(name: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::{NodeSpec, Secrets};
 
-    const VALID: &str = r#"
-apiVersion: cairn.dev/v1alpha1
-kind: MachineConfig
-machine:
-  type: controlplane
-  hostname: node-1
-  network:
-    interfaces:
-      - name: eth0
-        addresses: [10.0.0.2/24, "fd00::2/64"]
-        mtu: 1500
-        routes:
-          - to: 0.0.0.0/0
-            via: 10.0.0.1
-      - mac: "52:54:00:AA:bb:01"
-        addresses: [192.168.7.2/24]
-"#;
+    fn valid() -> MachineConfig {
+        let secrets = Secrets::generate("demo").unwrap();
+        let mut config = secrets
+            .machine_config(&NodeSpec {
+                machine_type: MachineType::Controlplane,
+                hostname: "node-1".into(),
+                addresses: vec!["10.0.0.2/24".into()],
+                endpoint: "https://10.0.0.2:6443".into(),
+                control_planes: vec!["10.0.0.2".into()],
+                install_disk: None,
+            })
+            .unwrap();
+        config.machine.network.interfaces[0]
+            .addresses
+            .push("fd00::2/64".into());
+        config.machine.network.interfaces[0]
+            .routes
+            .push(RouteConfig {
+                to: "0.0.0.0/0".into(),
+                via: Some("10.0.0.1".into()),
+            });
+        config.machine.network.interfaces.push(InterfaceConfig {
+            mac: Some("52:54:00:AA:bb:01".into()),
+            addresses: vec!["192.168.7.2/24".into()],
+            ..Default::default()
+        });
+        config
+    }
+
+    fn problems_of(config: &MachineConfig) -> Vec<String> {
+        config.validate().iter().map(ToString::to_string).collect()
+    }
+
+    fn paths_of(config: &MachineConfig) -> Vec<String> {
+        config.validate().into_iter().map(|p| p.path).collect()
+    }
 
     #[test]
-    fn valid_document_parses_into_typed_interfaces() {
-        let config = MachineConfig::from_yaml(VALID).expect("valid config");
-        assert_eq!(config.machine.hostname.as_deref(), Some("node-1"));
-        let interfaces = config.interfaces().expect("typed interfaces");
-        assert_eq!(interfaces.len(), 2);
+    fn valid_document_round_trips_through_yaml_into_typed_interfaces() {
+        let config = valid();
+        assert!(config.validate().is_empty(), "{:?}", problems_of(&config));
+        let again = MachineConfig::from_yaml(&config.to_yaml().unwrap()).expect("reparse");
+        assert_eq!(config, again);
+        let interfaces = again.interfaces().unwrap();
         assert_eq!(interfaces[0].selector, LinkSelector::Name("eth0".into()));
         assert_eq!(interfaces[0].addresses[1].to_string(), "fd00::2/64");
         assert_eq!(
             interfaces[0].routes[0].via,
-            Some("10.0.0.1".parse().expect("ip"))
+            Some("10.0.0.1".parse().unwrap())
         );
         assert_eq!(
             interfaces[1].selector,
@@ -440,37 +926,37 @@ machine:
 
     #[test]
     fn unknown_field_is_an_error_naming_it() {
-        let text = VALID.replace("hostname: node-1", "hostnam: node-1");
-        let err = MachineConfig::from_yaml(&text).expect_err("unknown field");
+        let text = valid()
+            .to_yaml()
+            .unwrap()
+            .replace("hostname: node-1", "hostnam: node-1");
+        let err = MachineConfig::from_yaml(&text).unwrap_err();
         assert!(matches!(err, ConfigError::Syntax(_)));
         assert!(err.to_string().contains("hostnam"), "{err}");
     }
 
     #[test]
     fn every_semantic_problem_is_reported_with_its_path() {
-        let text = r#"
-apiVersion: cairn.dev/v2
-kind: MachineConfig
-machine:
-  type: worker
-  hostname: Not_A_Host
-  network:
-    interfaces:
-      - name: eth0
-        addresses: [10.0.0.2/24, 10.0.0.300/24]
-        mtu: 10
-        routes:
-          - to: default
-            via: fd00::1
-      - {}
-"#;
-        let err = MachineConfig::from_yaml(text).expect_err("invalid");
-        let ConfigError::Invalid(problems) = err else {
-            panic!("expected field errors, got {err}");
-        };
-        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        let mut config = valid();
+        config.api_version = "cairn.dev/v2".into();
+        config.machine.hostname = Some("Not_A_Host".into());
+        let eth0 = &mut config.machine.network.interfaces[0];
+        eth0.addresses[1] = "10.0.0.300/24".into();
+        eth0.mtu = Some(10);
+        eth0.routes[0].to = "default".into();
+        config.machine.network.interfaces[1] = InterfaceConfig::default();
+        config.machine.network.nameservers = vec!["1.1.1.1".into(), "dns".into()];
+        config.machine.install = Some(InstallSpec { disk: "vda".into() });
+        config
+            .machine
+            .sysctls
+            .insert("../etc/passwd".into(), "x".into());
+        config.machine.kernel_modules.push(KernelModuleSpec {
+            name: "veth".into(),
+            parameters: vec!["noequals".into()],
+        });
         assert_eq!(
-            paths,
+            paths_of(&config),
             [
                 "apiVersion",
                 "machine.hostname",
@@ -478,38 +964,120 @@ machine:
                 "machine.network.interfaces[0].mtu",
                 "machine.network.interfaces[0].routes[0].to",
                 "machine.network.interfaces[1]",
+                "machine.network.nameservers[1]",
+                "machine.install.disk",
+                "machine.sysctls[\"../etc/passwd\"]",
+                "machine.kernelModules[0].parameters[0]",
             ]
         );
-        assert!(
-            problems[2]
-                .to_string()
-                .contains("\"10.0.0.300/24\" is not an IP prefix")
-        );
+        let text = problems_of(&config).join("\n");
+        assert!(text.contains(
+            "machine.network.interfaces[0].addresses[1]: \"10.0.0.300/24\" is not an IP prefix"
+        ));
     }
 
     #[test]
     fn gateway_of_another_family_is_refused() {
-        let text = VALID.replace("via: 10.0.0.1", "via: fd00::1");
-        let err = MachineConfig::from_yaml(&text).expect_err("family mismatch");
-        assert!(
-            err.to_string()
-                .contains("machine.network.interfaces[0].routes[0].via"),
-            "{err}"
+        let mut config = valid();
+        config.machine.network.interfaces[0].routes[0].via = Some("fd00::1".into());
+        assert_eq!(
+            paths_of(&config),
+            ["machine.network.interfaces[0].routes[0].via"]
         );
     }
 
     #[test]
     fn duplicate_interfaces_are_refused() {
-        let text = VALID.replace("mac: \"52:54:00:AA:bb:01\"", "name: eth0");
-        let err = MachineConfig::from_yaml(&text).expect_err("duplicate");
-        assert!(err.to_string().contains("listed more than once"), "{err}");
+        let mut config = valid();
+        config.machine.network.interfaces[1].mac = None;
+        config.machine.network.interfaces[1].name = Some("eth0".into());
+        assert!(problems_of(&config)[0].contains("listed more than once"));
     }
 
     #[test]
-    fn yaml_round_trips() {
-        let config = MachineConfig::from_yaml(VALID).expect("valid");
-        let again = MachineConfig::from_yaml(&config.to_yaml().expect("render")).expect("reparse");
-        assert_eq!(config, again);
+    fn overlapping_subnets_and_node_addresses_are_refused() {
+        let mut config = valid();
+        let cluster = config.cluster.as_mut().unwrap();
+        cluster.service_subnet = Some("10.244.128.0/20".into());
+        config.machine.network.interfaces[1].addresses = vec!["10.244.3.9/24".into()];
+        let text = problems_of(&config).join("\n");
+        assert!(
+            text.contains(
+                "cluster.serviceSubnet: 10.244.128.0/20 overlaps cluster.podSubnet 10.244.0.0/16"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "machine.network.interfaces[1].addresses: 10.244.3.9/24 overlaps cluster.podSubnet"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_worker_needs_an_endpoint_and_a_valid_token() {
+        let mut config = valid();
+        config.machine.machine_type = MachineType::Worker;
+        let cluster = config.cluster.as_mut().unwrap();
+        cluster.endpoint = None;
+        cluster.token = "short".into();
+        assert_eq!(paths_of(&config), ["cluster.endpoint", "cluster.token"]);
+        config.cluster = None;
+        assert_eq!(paths_of(&config), ["cluster"]);
+    }
+
+    #[test]
+    fn keys_that_do_not_match_their_certificates_are_refused() {
+        let mut config = valid();
+        let other = pki::Ca::generate("other").unwrap();
+        config.machine.certs.ca.key = Some(other.key_pem().to_owned());
+        assert_eq!(
+            problems_of(&config),
+            ["machine.certs.ca.key: does not match its certificate"]
+        );
+        let mut config = valid();
+        let foreign = other
+            .issue_server("node-1", &["node-1".into()], time::Duration::days(1))
+            .unwrap();
+        config.machine.certs.node = Some(NodeCerts {
+            crt: foreign.cert_pem,
+            key: foreign.key_pem,
+        });
+        assert_eq!(
+            problems_of(&config),
+            ["machine.certs.node.crt: is not signed by machine.certs.ca.crt"]
+        );
+        let mut config = valid();
+        config.machine.certs.ca.key = None;
+        config.machine.certs.node = None;
+        assert_eq!(paths_of(&config), ["machine.certs.node"]);
+    }
+
+    #[test]
+    fn readers_see_no_secrets() {
+        let config = valid();
+        let text = config.redacted().to_yaml().unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(!text.contains(&config.cluster.as_ref().unwrap().token));
+        assert!(text.contains(REDACTED));
+    }
+
+    #[test]
+    fn changes_are_split_into_live_and_reboot() {
+        let old = valid();
+        let mut new = old.clone();
+        new.machine.hostname = Some("node-2".into());
+        new.machine
+            .sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        new.machine.install = Some(InstallSpec {
+            disk: "/dev/vda".into(),
+        });
+        let changed = changes(&old, &new);
+        assert_eq!(changed.live, ["machine.hostname", "machine.sysctls"]);
+        assert_eq!(changed.needs_reboot, ["machine.install"]);
+        assert!(changes(&old, &old).is_empty());
     }
 
     #[test]

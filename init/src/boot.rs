@@ -3,49 +3,82 @@
 //! ```text
 //! early     mount /proc /sys /dev /dev/pts /dev/shm /run /tmp and cgroup2; /dev/kmsg logging
 //! modules   load the image's kernel modules in dependency order; watch the power button
-//! config    find and validate the machine configuration
-//! network   loopback, hostname, configured links with their addresses and routes
-//! services  start the supervised services
+//! state     find and mount the state partition (CAIRN-STATE) if a disk has one
+//! config    the saved config, else cairn.config= / fw_cfg; none or invalid: maintenance
+//!           mode waits for `apply-config --insecure`; a named install disk is prepared
+//! system    hostname, sysctls, extra kernel modules
+//! network   loopback, links, addresses, routes, resolvers, DHCP
+//! services  the machine API and the other supervised services
 //! ready     one line with the time from PID 1 start to ready
 //! ```
 //!
-//! `early` and `modules` belong to PID 1; a hosted node skips them, and the network
-//! phase leaves a host's links alone. A failed phase stops the sequence: the node
-//! stays up in maintenance, saying why (see [`crate::node`]).
+//! `early`, `modules`, `system` and `network` belong to PID 1; a hosted node skips them
+//! and leaves the host's settings alone. A failed phase stops the sequence: the node
+//! stays up in maintenance, saying why, and serves the machine API if it has a config.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_api::MachineConfig;
-use cairn_net::{NetError, Netlink, interfaces};
+use cairn_api::machine_api::{PORT, Persistence};
+use cairn_api::machine_config::{Interface, LinkSelector, MachineConfig};
+use cairn_net::dhcp::{self, Lease};
+use cairn_net::{Link, NetError, Netlink, interfaces};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::api_server::{MachineApiService, NodeContext, TlsState};
 use crate::cmdline::KernelCmdline;
-use crate::config_source::{self, ConfigSourceError};
+use crate::config_manager::{self, ConfigManager};
+use crate::config_source::{self, ConfigSource, ConfigSourceError, RawConfig};
 use crate::host::Host;
+use crate::live::{self, LiveError, NodeLive};
 use crate::logging::LogHandles;
+use crate::maintenance;
 use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
-use crate::phase::{PhaseFailure, Phases, millis};
+use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
 use crate::services::{self, UnknownTestService};
-use crate::supervisor::{Supervisor, SupervisorError};
+use crate::state_disk::{self, STATE_DIR, StateDiskError};
+use crate::supervisor::{Service, ServiceContext, ServiceError, Supervisor, SupervisorError};
 
 /// How long a configured link may take to appear (its driver may still be probing).
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(10);
-
+/// How long boot waits for a first DHCP lease before going on without one.
+pub const DHCP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The kernel parameter naming test services to run (`cairn.test=crashloop,orphans`).
 pub const TEST_SERVICES_PARAM: &str = "cairn.test";
+/// The kernel parameter giving maintenance mode a static address
+/// (`cairn.ip=10.5.0.9/24[,gw=10.5.0.1][,dev=eth0]`); DHCP on every link otherwise.
+pub const IP_PARAM: &str = "cairn.ip";
 
 /// Settings of a node that do not come from its machine config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// The machine config file of a hosted node.
     pub config_file: Option<PathBuf>,
     /// Test services to run besides the built-in ones.
     pub test_services: Vec<String>,
+    /// Where the machine API listens.
+    pub api_listen: SocketAddr,
+    /// Where a hosted node keeps its state (PID 1 finds its state partition).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            config_file: None,
+            test_services: Vec::new(),
+            api_listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, PORT)),
+            state_dir: None,
+        }
+    }
 }
 
 /// Everything the boot phases use.
@@ -58,8 +91,10 @@ pub struct BootContext {
     pub logs: LogHandles,
     /// Runs the services.
     pub supervisor: Supervisor,
-    /// Where power-button presses are sent.
+    /// Where power requests are sent.
     pub power_requests: mpsc::UnboundedSender<PowerRequest>,
+    /// The boot record.
+    pub state: NodeState,
     /// When the process started.
     pub started: Instant,
 }
@@ -73,10 +108,19 @@ pub struct Ready {
     pub modules: Duration,
 }
 
-/// Runs every phase in order; the first failure ends boot.
+/// What the config phase settled.
+struct Settled {
+    config: MachineConfig,
+    state_dir: Option<PathBuf>,
+    persistence: Persistence,
+}
+
+/// Runs every phase in order; the first failure ends boot (the machine API is still
+/// started if a config is known, so the node can be fixed remotely).
 pub async fn boot(ctx: &BootContext, phases: &Phases<'_>) -> Result<Ready, PhaseFailure> {
     let mut modules_elapsed = Duration::ZERO;
     let mut cmdline = KernelCmdline::default();
+    let mut state_partition = None;
     match &ctx.host {
         Host::Pid1 { sys } => {
             cmdline = phases.run("early", early(ctx, sys.as_ref())).await?;
@@ -84,20 +128,53 @@ pub async fn boot(ctx: &BootContext, phases: &Phases<'_>) -> Result<Ready, Phase
                 .run("modules", load_modules(ctx, sys.as_ref()))
                 .await?;
             modules_elapsed = report.elapsed;
+            state_partition = phases.run("state", mount_state(sys.as_ref())).await?;
         }
         Host::Hosted => {
             phases.skip("early", "hosted node: the host has mounted its filesystems");
             phases.skip("modules", "hosted node: the host loads its modules");
+            phases.skip("state", "hosted node: state lives in --state-dir, if given");
         }
     }
-    let config = phases.run("config", find_config(ctx, &cmdline)).await?;
-    phases
-        .run("network", configure_network(ctx, &config))
+    let settled = phases
+        .run("config", settle_config(ctx, &cmdline, state_partition))
         .await?;
+    let config = &settled.config;
+
+    let rest = async {
+        if ctx.host.is_pid1() {
+            phases.run("system", apply_system(ctx, config)).await?;
+            let leases = phases.run("network", configure_network(config)).await?;
+            Ok::<_, PhaseFailure>(leases)
+        } else {
+            phases.skip(
+                "system",
+                "hosted node: the host's hostname and sysctls stay",
+            );
+            phases.skip(
+                "network",
+                "hosted node: the host's links, addresses and routes stay",
+            );
+            Ok(Vec::new())
+        }
+    }
+    .await;
+    let leases = match rest {
+        Ok(leases) => leases,
+        Err(failure) => {
+            if let Err(err) = start_machine_api(ctx, &settled).await {
+                warn!(error = %crate::error_chain(&err), "machine API not started");
+            }
+            return Err(failure);
+        }
+    };
     let mut test_services = ctx.options.test_services.clone();
     test_services.extend(cmdline.list(TEST_SERVICES_PARAM));
     phases
-        .run("services", start_services(ctx, &test_services))
+        .run(
+            "services",
+            start_services(ctx, &settled, leases, &test_services),
+        )
         .await?;
 
     let ready = Ready {
@@ -165,14 +242,18 @@ async fn early(
 #[error("cannot read the kernel release from /proc/sys/kernel/osrelease")]
 pub struct ModulesError(#[source] std::io::Error);
 
+fn modules_dir(sys: &dyn crate::sys::Syscalls) -> Result<PathBuf, ModulesError> {
+    let release = sys
+        .read_to_string(Path::new("/proc/sys/kernel/osrelease"))
+        .map_err(ModulesError)?;
+    Ok(Path::new("/lib/modules").join(release.trim()))
+}
+
 async fn load_modules(
     ctx: &BootContext,
     sys: &dyn crate::sys::Syscalls,
 ) -> Result<ModuleReport, ModulesError> {
-    let release = sys
-        .read_to_string(Path::new("/proc/sys/kernel/osrelease"))
-        .map_err(ModulesError)?;
-    let dir = Path::new("/lib/modules").join(release.trim());
+    let dir = modules_dir(sys)?;
     let report = match modules::load_all(sys, &dir) {
         Ok(report) => report,
         Err(err) => {
@@ -195,83 +276,344 @@ async fn load_modules(
     Ok(report)
 }
 
-/// Why the config phase failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FindConfigError {
-    /// No config, or a refused one.
-    #[error(transparent)]
-    Source(#[from] ConfigSourceError),
-    /// A hosted node was started without `--config`.
-    #[error("a hosted node needs --config <file>")]
-    NoConfigFile,
+/// Mounts an existing state partition, if a disk has one.
+async fn mount_state(sys: &dyn crate::sys::Syscalls) -> Result<Option<PathBuf>, StateDiskError> {
+    match state_disk::find_state_partition(Path::new("/sys/class/block")) {
+        Some(device) => {
+            state_disk::mount_state(sys, &device)?;
+            info!(device = %device.display(), mount = STATE_DIR, "state partition mounted");
+            Ok(Some(device))
+        }
+        None => {
+            info!("no state partition on any disk (yet)");
+            Ok(None)
+        }
+    }
 }
 
-async fn find_config(
+/// Why the config phase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// Maintenance mode could not start.
+    #[error(transparent)]
+    Maintenance(#[from] maintenance::MaintenanceError),
+    /// The install disk could not be prepared.
+    #[error(transparent)]
+    Disk(#[from] StateDiskError),
+    /// The saved config could not be read.
+    #[error("cannot read the saved config in {0}")]
+    Saved(String, #[source] std::io::Error),
+    /// The accepted config could not be saved.
+    #[error("cannot save the config on the state partition")]
+    Save(#[source] std::io::Error),
+}
+
+async fn settle_config(
     ctx: &BootContext,
     cmdline: &KernelCmdline,
-) -> Result<MachineConfig, FindConfigError> {
-    let raw = match &ctx.host {
-        Host::Pid1 { sys } => config_source::find_for_pid1(sys.as_ref(), cmdline)?,
-        Host::Hosted => {
-            let path = ctx
-                .options
-                .config_file
-                .as_deref()
-                .ok_or(FindConfigError::NoConfigFile)?;
-            config_source::read_file(path)?
+    state_partition: Option<PathBuf>,
+) -> Result<Settled, SettleError> {
+    let mut state_dir = match (&ctx.host, &ctx.options.state_dir) {
+        (Host::Pid1 { .. }, _) => state_partition.as_ref().map(|_| PathBuf::from(STATE_DIR)),
+        (Host::Hosted, Some(dir)) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SettleError::Saved(dir.display().to_string(), e))?;
+            Some(dir.clone())
+        }
+        (Host::Hosted, None) => None,
+    };
+    let mut from_state = false;
+    let found = match &state_dir {
+        Some(dir) => match config_manager::load_saved(dir)
+            .map_err(|e| SettleError::Saved(dir.display().to_string(), e))?
+        {
+            Some((text, promoted)) => {
+                if promoted {
+                    info!("the staged config becomes the running config");
+                }
+                from_state = true;
+                Ok(RawConfig {
+                    source: ConfigSource::File(dir.join(config_manager::CONFIG_FILE)),
+                    text,
+                })
+            }
+            None => find_raw_config(ctx, cmdline),
+        },
+        None => find_raw_config(ctx, cmdline),
+    };
+    let parsed = found.and_then(|raw| {
+        let config = raw.parse()?;
+        Ok((raw, config))
+    });
+    let config = match parsed {
+        Ok((raw, config)) => {
+            info!(
+                source = %raw.source,
+                machine_type = %config.machine.machine_type,
+                hostname = config.machine.hostname.as_deref().unwrap_or("(kernel default)"),
+                "machine config accepted"
+            );
+            config
+        }
+        Err(why) => {
+            let reason = crate::error_chain(&why);
+            warn!(%reason, "maintenance: waiting for a machine config");
+            let names = if ctx.host.is_pid1() {
+                maintenance_network(cmdline).await
+            } else {
+                Vec::new()
+            };
+            let names = crate::api_server::certificate_names("cairn-maintenance", &names);
+            maintenance::wait_for_config(ctx.options.api_listen, &names, &reason, &ctx.state)
+                .await?
         }
     };
-    let config = raw.parse()?;
-    info!(
-        source = %raw.source,
-        machine_type = ?config.machine.machine_type,
-        hostname = config.machine.hostname.as_deref().unwrap_or("(kernel default)"),
-        "machine config accepted"
-    );
-    Ok(config)
+    // A disk named by the config becomes the state partition on first boot.
+    let mut device = state_partition;
+    if let (Host::Pid1 { sys }, None, Some(install)) = (&ctx.host, &device, &config.machine.install)
+    {
+        let partition = state_disk::install(Path::new(&install.disk))?;
+        state_disk::mount_state(sys.as_ref(), &partition)?;
+        device = Some(partition);
+        state_dir = Some(PathBuf::from(STATE_DIR));
+    }
+    if let Some(dir) = &state_dir
+        && !from_state
+    {
+        let text = config
+            .to_yaml()
+            .map_err(|e| SettleError::Save(std::io::Error::other(e.to_string())))?;
+        config_manager::write_atomically(&dir.join(config_manager::CONFIG_FILE), text.as_bytes())
+            .map_err(SettleError::Save)?;
+    }
+    let persistence = match (&state_dir, &device) {
+        (Some(dir), Some(device)) => Persistence::Disk {
+            device: device.display().to_string(),
+            mount: dir.display().to_string(),
+        },
+        (Some(dir), None) => Persistence::Disk {
+            device: "(host directory)".into(),
+            mount: dir.display().to_string(),
+        },
+        _ => Persistence::Ephemeral,
+    };
+    if persistence == Persistence::Ephemeral {
+        info!("no install disk: this node is ephemeral; nothing survives a reboot");
+    }
+    Ok(Settled {
+        config,
+        state_dir,
+        persistence,
+    })
+}
+
+fn find_raw_config(
+    ctx: &BootContext,
+    cmdline: &KernelCmdline,
+) -> Result<RawConfig, ConfigSourceError> {
+    match &ctx.host {
+        Host::Pid1 { sys } => config_source::find_for_pid1(sys.as_ref(), cmdline),
+        Host::Hosted => match &ctx.options.config_file {
+            Some(path) => config_source::read_file(path),
+            None => Err(ConfigSourceError::NotFound),
+        },
+    }
+}
+
+/// Gives a config-less node an address: `cairn.ip=` if given, else DHCP on every
+/// Ethernet link. Returns the addresses it got.
+async fn maintenance_network(cmdline: &KernelCmdline) -> Vec<IpAddr> {
+    let result: Result<Vec<IpAddr>, NetError> = async {
+        let netlink = Netlink::connect()?;
+        interfaces::bring_up_loopback(&netlink).await?;
+        if let Some(spec) = cmdline.get(IP_PARAM) {
+            match parse_ip_param(spec) {
+                Some((interface, _)) => {
+                    let link = interfaces::apply(&netlink, &interface, LINK_TIMEOUT).await?;
+                    info!(link = %link.name, param = spec, "maintenance address from {IP_PARAM}=");
+                    return Ok(interface.addresses.iter().map(|a| a.addr()).collect());
+                }
+                None => warn!(
+                    param = spec,
+                    "{IP_PARAM}= is not ADDRESS/PREFIX[,gw=IP][,dev=NAME]; using DHCP"
+                ),
+            }
+        }
+        let links: Vec<Link> = netlink
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.name != "lo" && l.mac.is_some())
+            .collect();
+        let mut tries = Vec::new();
+        for link in links {
+            netlink.set_up(&link).await?;
+            let netlink = netlink.clone();
+            tries.push(async move {
+                match dhcp::acquire(&link, DHCP_TIMEOUT).await {
+                    Ok(lease) => match dhcp::apply(&netlink, &link, &lease).await {
+                        Ok(()) => Some(IpAddr::V4(lease.address.addr())),
+                        Err(err) => {
+                            warn!(link = %link.name, error = %err, "cannot apply DHCP lease");
+                            None
+                        }
+                    },
+                    Err(err) => {
+                        warn!(link = %link.name, error = %err, "no DHCP lease");
+                        None
+                    }
+                }
+            });
+        }
+        Ok(futures::future::join_all(tries)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+    .await;
+    result.unwrap_or_else(|err| {
+        warn!(error = %crate::error_chain(&err), "maintenance network incomplete");
+        Vec::new()
+    })
+}
+
+/// Parses `ADDRESS/PREFIX[,gw=IP][,dev=NAME]` into an interface spec (default `eth0`).
+pub fn parse_ip_param(spec: &str) -> Option<(Interface, Option<IpAddr>)> {
+    let mut parts = spec.split(',');
+    let address: IpNet = parts.next()?.parse().ok()?;
+    let mut gateway = None;
+    let mut device = "eth0".to_owned();
+    for part in parts {
+        match part.split_once('=') {
+            Some(("gw", ip)) => gateway = Some(ip.parse().ok()?),
+            Some(("dev", name)) => device = name.to_owned(),
+            _ => return None,
+        }
+    }
+    let default = match address {
+        IpNet::V4(_) => IpNet::V4(ipnet::Ipv4Net::default()),
+        IpNet::V6(_) => IpNet::V6(ipnet::Ipv6Net::default()),
+    };
+    let routes = gateway
+        .map(|via| {
+            vec![cairn_api::machine_config::Route {
+                to: default,
+                via: Some(via),
+            }]
+        })
+        .unwrap_or_default();
+    Some((
+        Interface {
+            selector: LinkSelector::Name(device),
+            addresses: vec![address],
+            mtu: None,
+            routes,
+            dhcp: false,
+        },
+        gateway,
+    ))
+}
+
+/// Why the system phase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// Hostname or sysctls.
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    /// An extra kernel module.
+    #[error("machine.kernelModules[{index}]: cannot load {name}: {reason}")]
+    Module {
+        /// Its index in the config.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The modules directory is unknown.
+    #[error(transparent)]
+    Modules(#[from] ModulesError),
+}
+
+async fn apply_system(ctx: &BootContext, config: &MachineConfig) -> Result<(), SystemError> {
+    live::apply_hostname(config)?;
+    live::apply_sysctls(None, config)?;
+    let Host::Pid1 { sys } = &ctx.host else {
+        return Ok(());
+    };
+    if config.machine.kernel_modules.is_empty() {
+        return Ok(());
+    }
+    let dir = modules_dir(sys.as_ref())?;
+    let index = sys
+        .read_to_string(&dir.join("modules.dep"))
+        .map(|dep| modules::ModuleIndex::parse(&dep, ""))
+        .unwrap_or_default();
+    for (i, module) in config.machine.kernel_modules.iter().enumerate() {
+        let error = |reason: String| SystemError::Module {
+            index: i,
+            name: module.name.clone(),
+            reason,
+        };
+        let path = index
+            .path_of(&module.name)
+            .ok_or_else(|| error("the image does not ship it".into()))?;
+        let parameters = module.parameters.join(" ");
+        match sys.load_module_with(&dir.join(path), &parameters) {
+            Ok(()) => info!(module = %module.name, parameters, "kernel module loaded"),
+            Err(err) if err.is_already_loaded() => {
+                if !parameters.is_empty() {
+                    warn!(module = %module.name, "already loaded at boot; its parameters are not applied");
+                }
+            }
+            Err(err) => return Err(error(crate::error_chain(&err))),
+        }
+    }
+    Ok(())
 }
 
 /// Why the network phase failed.
 #[derive(Debug, thiserror::Error)]
-pub enum NetworkPhaseError {
-    /// Netlink refused something.
-    #[error(transparent)]
-    Net(#[from] NetError),
-    /// `sethostname(2)` failed.
-    #[error("cannot set the hostname to {0:?}")]
-    Hostname(String, #[source] nix::errno::Errno),
-    /// The config's interfaces did not convert (validation should have caught this).
-    #[error("invalid interfaces: {0}")]
-    Interfaces(String),
-}
+#[error(transparent)]
+pub struct NetworkPhaseError(#[from] LiveError);
 
+/// Links, addresses, routes and resolvers from the config, then a first DHCP lease on
+/// each `dhcp: true` link (boot goes on without one after [`DHCP_TIMEOUT`]).
 async fn configure_network(
-    ctx: &BootContext,
     config: &MachineConfig,
-) -> Result<(), NetworkPhaseError> {
-    if !ctx.host.is_pid1() {
-        info!("hosted node: leaving the host's links, addresses and hostname alone");
-        return Ok(());
+) -> Result<Vec<(Link, Option<Lease>)>, NetworkPhaseError> {
+    live::apply_network(None, config, LINK_TIMEOUT).await?;
+    let netlink = Netlink::connect().map_err(LiveError::from)?;
+    let mut tries = Vec::new();
+    for interface in config
+        .interfaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.dhcp)
+    {
+        let link = interfaces::wait_for_link(&netlink, &interface.selector, LINK_TIMEOUT)
+            .await
+            .map_err(LiveError::from)?;
+        let netlink = netlink.clone();
+        tries.push(async move {
+            let lease = match dhcp::acquire(&link, DHCP_TIMEOUT).await {
+                Ok(lease) => match dhcp::apply(&netlink, &link, &lease).await {
+                    Ok(()) => Some(lease),
+                    Err(err) => {
+                        warn!(link = %link.name, error = %err, "cannot apply the DHCP lease");
+                        None
+                    }
+                },
+                Err(err) => {
+                    warn!(link = %link.name, error = %err, "no DHCP lease yet; the dhcp service keeps trying");
+                    None
+                }
+            };
+            (link, lease)
+        });
     }
-    if let Some(hostname) = &config.machine.hostname {
-        nix::unistd::sethostname(hostname)
-            .map_err(|errno| NetworkPhaseError::Hostname(hostname.clone(), errno))?;
-    }
-    let netlink = Netlink::connect()?;
-    interfaces::bring_up_loopback(&netlink).await?;
-    let wanted = config.interfaces().map_err(|problems| {
-        NetworkPhaseError::Interfaces(
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
-    for interface in &wanted {
-        interfaces::apply(&netlink, interface, LINK_TIMEOUT).await?;
-    }
-    Ok(())
+    Ok(futures::future::join_all(tries).await)
 }
 
 /// Why the services phase failed.
@@ -283,22 +625,97 @@ pub enum ServicesPhaseError {
     /// The supervisor refused a service.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The machine API's TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::api_server::TlsError),
+}
+
+async fn start_machine_api(ctx: &BootContext, settled: &Settled) -> Result<(), ServicesPhaseError> {
+    let tls = TlsState::default();
+    tls.reload(
+        &settled.config,
+        &live::node_names(&settled.config, &ctx.host).await,
+    )?;
+    let live = Arc::new(NodeLive {
+        host: ctx.host.clone(),
+        tls: tls.clone(),
+    });
+    let manager = ConfigManager::new(
+        settled.config.clone(),
+        settled.state_dir.clone(),
+        live,
+        ctx.power_requests.clone(),
+    );
+    let node = Arc::new(NodeContext {
+        state: ctx.state.clone(),
+        supervisor: ctx.supervisor.clone(),
+        logs: ctx.logs.clone(),
+        config: manager,
+        power: ctx.power_requests.clone(),
+        persistence: settled.persistence.clone(),
+        tls,
+        listen: ctx.options.api_listen,
+    });
+    ctx.supervisor
+        .start(Arc::new(MachineApiService::new(node)))?;
+    Ok(())
 }
 
 async fn start_services(
     ctx: &BootContext,
+    settled: &Settled,
+    leases: Vec<(Link, Option<Lease>)>,
     test_services: &[String],
 ) -> Result<(), ServicesPhaseError> {
+    start_machine_api(ctx, settled).await?;
+    if !leases.is_empty() {
+        ctx.supervisor.start(Arc::new(DhcpService {
+            leases: std::sync::Mutex::new(leases),
+        }))?;
+    }
     let mut wanted = services::builtin();
     for name in test_services {
         wanted.push(services::test_service(name)?);
     }
     for service in wanted {
-        let name = service.name().to_owned();
-        ctx.supervisor.start(Arc::clone(&service))?;
-        debug!(service = %name, "service started");
+        ctx.supervisor.start(service)?;
     }
     Ok(())
+}
+
+/// `dhcp`: keeps the leases of the `dhcp: true` links.
+struct DhcpService {
+    /// The links, with the lease boot got (taken by the first run).
+    leases: std::sync::Mutex<Vec<(Link, Option<Lease>)>>,
+}
+
+impl Service for DhcpService {
+    fn name(&self) -> &str {
+        "dhcp"
+    }
+
+    fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
+        let mut links = self.leases.lock().map(|l| l.clone()).unwrap_or_default();
+        // A restarted run starts from scratch (no remembered lease).
+        if let Ok(mut stored) = self.leases.lock() {
+            for (_, lease) in stored.iter_mut() {
+                *lease = None;
+            }
+        }
+        async move {
+            let netlink =
+                Netlink::connect().map_err(|e| ServiceError::failed("cannot open netlink", e))?;
+            let keepers: Vec<_> = links
+                .drain(..)
+                .map(|(link, lease)| {
+                    dhcp::maintain(netlink.clone(), link, lease, ctx.shutdown.clone())
+                })
+                .collect();
+            futures::future::join_all(keepers).await;
+            Ok(())
+        }
+        .boxed()
+    }
 }
 
 /// This process's resident memory in KiB (`VmRSS` of `/proc/self/status`).
@@ -309,4 +726,23 @@ pub fn resident_kib() -> Option<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_parameter_gives_address_gateway_and_device() {
+        let (interface, gateway) = parse_ip_param("10.5.0.9/24,gw=10.5.0.1,dev=eth1").unwrap();
+        assert_eq!(interface.selector, LinkSelector::Name("eth1".into()));
+        assert_eq!(interface.addresses[0].to_string(), "10.5.0.9/24");
+        assert_eq!(gateway, Some("10.5.0.1".parse().unwrap()));
+        assert_eq!(interface.routes[0].to.to_string(), "0.0.0.0/0");
+        let (plain, none) = parse_ip_param("fd00::9/64").unwrap();
+        assert_eq!(plain.selector, LinkSelector::Name("eth0".into()));
+        assert!(none.is_none() && plain.routes.is_empty());
+        assert!(parse_ip_param("10.5.0.9").is_none());
+        assert!(parse_ip_param("10.5.0.9/24,via=1.2.3.4").is_none());
+    }
 }

@@ -12,14 +12,20 @@
 //!
 //! Containers, the cluster store and the network reconciler live in their own crates.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod api_server;
 pub mod boot;
 pub mod cmdline;
+pub mod config_manager;
 pub mod config_source;
 pub mod host;
 pub mod internal;
+mod ioctl;
+pub mod kmsg;
+pub mod live;
 pub mod logging;
+pub mod maintenance;
 pub mod modules;
 pub mod mounts;
 pub mod node;
@@ -29,6 +35,7 @@ pub mod power;
 pub mod reaper;
 pub mod services;
 pub mod shutdown;
+pub mod state_disk;
 pub mod supervisor;
 pub mod sys;
 

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::time::{ClockId, clock_gettime};
+use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -115,39 +116,67 @@ impl<'a> MakeWriter<'a> for KmsgSink {
     }
 }
 
-/// Recent log lines of every service, shared between the logger and status readers.
+/// Recent log lines of every service, shared between the logger and status readers,
+/// with a live feed for followers (`cairnctl logs -f`).
 #[derive(Clone, Default)]
 pub struct ServiceLogs {
-    lines: Arc<Mutex<HashMap<String, VecDeque<String>>>>,
+    rings: Arc<Mutex<HashMap<String, Ring>>>,
+}
+
+struct Ring {
+    lines: VecDeque<String>,
+    feed: broadcast::Sender<String>,
+}
+
+impl Ring {
+    fn new() -> Self {
+        Self {
+            lines: VecDeque::new(),
+            feed: broadcast::channel(SERVICE_LOG_LINES).0,
+        }
+    }
+
+    fn tail(&self, n: usize) -> Vec<String> {
+        self.lines
+            .iter()
+            .skip(self.lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
 }
 
 impl ServiceLogs {
     /// Appends a line to a service's ring, dropping the oldest beyond the capacity.
     pub fn push(&self, service: &str, line: String) {
-        let Ok(mut lines) = self.lines.lock() else {
+        let Ok(mut rings) = self.rings.lock() else {
             return;
         };
-        let ring = lines.entry(service.to_owned()).or_default();
-        if ring.len() == SERVICE_LOG_LINES {
-            ring.pop_front();
+        let ring = rings.entry(service.to_owned()).or_insert_with(Ring::new);
+        if ring.lines.len() == SERVICE_LOG_LINES {
+            ring.lines.pop_front();
         }
-        ring.push_back(line);
+        // No follower is not an error.
+        let _ = ring.feed.send(line.clone());
+        ring.lines.push_back(line);
     }
 
     /// The last `n` lines of a service, oldest first.
     pub fn tail(&self, service: &str, n: usize) -> Vec<String> {
-        let Ok(lines) = self.lines.lock() else {
+        let Ok(rings) = self.rings.lock() else {
             return Vec::new();
         };
-        lines
+        rings
             .get(service)
-            .map(|ring| {
-                ring.iter()
-                    .skip(ring.len().saturating_sub(n))
-                    .cloned()
-                    .collect()
-            })
+            .map(|ring| ring.tail(n))
             .unwrap_or_default()
+    }
+
+    /// The last `n` lines and a feed of every line after them, with nothing lost or
+    /// repeated between the two.
+    pub fn follow(&self, service: &str, n: usize) -> (Vec<String>, broadcast::Receiver<String>) {
+        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = rings.entry(service.to_owned()).or_insert_with(Ring::new);
+        (ring.tail(n), ring.feed.subscribe())
     }
 }
 
@@ -319,6 +348,16 @@ mod tests {
         );
         assert_eq!(logs.tail("svc", usize::MAX).len(), SERVICE_LOG_LINES);
         assert!(logs.tail("other", 5).is_empty());
+    }
+
+    #[test]
+    fn followers_get_the_tail_then_every_new_line() {
+        let logs = ServiceLogs::default();
+        logs.push("svc", "old".into());
+        let (tail, mut feed) = logs.follow("svc", 10);
+        assert_eq!(tail, ["old"]);
+        logs.push("svc", "new".into());
+        assert_eq!(feed.try_recv().unwrap(), "new");
     }
 
     #[test]

@@ -22,9 +22,16 @@ struct Cli {
 enum Command {
     /// Run the node role on this (existing) Linux host, as an ordinary process.
     Node {
-        /// The machine configuration (YAML).
+        /// The machine configuration (YAML); without one the node waits in maintenance
+        /// mode for `cairnctl apply-config --insecure`.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Where the machine API listens.
+        #[arg(long, default_value = "[::]:50000")]
+        api_listen: std::net::SocketAddr,
+        /// Where to keep the accepted config across restarts (ephemeral without).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Also run a test service (crashloop, orphans); repeatable.
         #[arg(long = "test-service")]
         test_services: Vec<String>,
@@ -65,9 +72,19 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Node {
             config,
+            api_listen,
+            state_dir,
             test_services,
             log,
-        } => run_hosted_node(config, test_services, &log),
+        } => run_hosted_node(
+            NodeOptions {
+                config_file: config,
+                test_services,
+                api_listen,
+                state_dir,
+            },
+            &log,
+        ),
         Command::Internal(Internal::SpawnOrphans { count, linger_ms }) => {
             match internal::spawn_orphans(count, Duration::from_millis(linger_ms)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -85,7 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_hosted_node(config: PathBuf, test_services: Vec<String>, log: &str) -> ExitCode {
+fn run_hosted_node(options: NodeOptions, log: &str) -> ExitCode {
     let started = Instant::now();
     let logs = logging::init(log);
     logging::install_panic_hook();
@@ -100,10 +117,6 @@ fn run_hosted_node(config: PathBuf, test_services: Vec<String>, log: &str) -> Ex
             eprintln!("cairn node: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
-    };
-    let options = NodeOptions {
-        config_file: Some(config),
-        test_services,
     };
     let host = Host::Hosted;
     let action = runtime.block_on(node::run(host.clone(), options, logs, started));

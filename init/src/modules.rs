@@ -118,6 +118,13 @@ impl ModuleIndex {
         order.push(name.to_owned());
     }
 
+    /// The path of a module's file relative to the modules directory.
+    pub fn path_of(&self, name: &str) -> Option<&Path> {
+        self.paths
+            .get(&name.replace('-', "_"))
+            .map(PathBuf::as_path)
+    }
+
     /// What `name` needs loaded first (shipped modules only).
     pub fn needs(&self, name: &str) -> impl Iterator<Item = &String> {
         self.before

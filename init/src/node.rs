@@ -43,6 +43,7 @@ pub async fn run(
         logs,
         supervisor: supervisor.clone(),
         power_requests: power_tx,
+        state: state.clone(),
         started,
     };
 

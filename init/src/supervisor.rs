@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -161,6 +162,8 @@ pub enum ExitReason {
     Panicked(String),
     /// Stopped because the supervisor asked it to.
     Stopped,
+    /// Stopped to be started again, on request.
+    Restarted,
 }
 
 impl std::fmt::Display for ExitReason {
@@ -171,6 +174,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Fatal(e) => write!(f, "failed fatally: {e}"),
             ExitReason::Panicked(m) => write!(f, "panicked: {m}"),
             ExitReason::Stopped => write!(f, "stopped"),
+            ExitReason::Restarted => write!(f, "restarted on request"),
         }
     }
 }
@@ -202,6 +206,7 @@ pub struct ServiceStatus {
 struct Supervised {
     name: String,
     cancel: CancellationToken,
+    restart: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -221,6 +226,9 @@ pub enum SupervisorError {
     /// A service of that name is already supervised.
     #[error("service {0:?} is already running")]
     Duplicate(String),
+    /// No service has that name.
+    #[error("no service named {0:?}")]
+    Unknown(String),
 }
 
 impl Supervisor {
@@ -259,11 +267,33 @@ impl Supervisor {
             );
         }
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(self.clone().supervise(service, cancel.clone()));
+        let restart = Arc::new(Notify::new());
+        let task = tokio::spawn(self.clone().supervise(
+            service,
+            cancel.clone(),
+            Arc::clone(&restart),
+        ));
         self.started
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Supervised { name, cancel, task });
+            .push(Supervised {
+                name,
+                cancel,
+                restart,
+                task,
+            });
+        Ok(())
+    }
+
+    /// Restarts a service now: a running one is stopped (within the stop grace) and
+    /// started again, one backing off starts at once; the backoff starts over.
+    pub fn restart(&self, name: &str) -> Result<(), SupervisorError> {
+        let started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let supervised = started
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SupervisorError::Unknown(name.to_owned()))?;
+        supervised.restart.notify_one();
         Ok(())
     }
 
@@ -283,21 +313,41 @@ impl Supervisor {
         }
     }
 
-    async fn supervise(self, service: Arc<dyn Service>, cancel: CancellationToken) {
+    async fn supervise(
+        self,
+        service: Arc<dyn Service>,
+        cancel: CancellationToken,
+        restart: Arc<Notify>,
+    ) {
         let name = service.name().to_owned();
         let span = info_span!("service", name = %name);
         let mut attempt: u32 = 0;
         loop {
             self.update(&name, |s| s.state = ServiceState::Starting);
+            let run_token = cancel.child_token();
             let ctx = ServiceContext {
-                shutdown: cancel.child_token(),
+                shutdown: run_token.clone(),
                 reaper: self.reaper.clone(),
             };
             let started = Instant::now();
             let mut run = tokio::spawn(service.run(ctx).instrument(span.clone()));
             self.update(&name, |s| s.state = ServiceState::Running);
+            let mut restart_requested = false;
             let joined = tokio::select! {
                 joined = &mut run => joined,
+                () = restart.notified() => {
+                    restart_requested = true;
+                    run_token.cancel();
+                    self.update(&name, |s| s.state = ServiceState::Stopping);
+                    match tokio::time::timeout(self.stop_grace, &mut run).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            run.abort();
+                            let _ = run.await;
+                            Ok(Ok(()))
+                        }
+                    }
+                }
                 () = cancel.cancelled() => {
                     self.update(&name, |s| s.state = ServiceState::Stopping);
                     match tokio::time::timeout(self.stop_grace, &mut run).await {
@@ -314,6 +364,7 @@ impl Supervisor {
             let ran_for = started.elapsed();
             let reason = match joined {
                 _ if cancel.is_cancelled() => ExitReason::Stopped,
+                _ if restart_requested => ExitReason::Restarted,
                 Ok(Ok(())) => ExitReason::Completed,
                 Ok(Err(ServiceError::Fatal(message))) => ExitReason::Fatal(message),
                 Ok(Err(err)) => ExitReason::Error(error_chain(&err)),
@@ -342,6 +393,12 @@ impl Supervisor {
                 self.update(&name, |s| s.state = state);
                 return;
             }
+            if restart_requested {
+                attempt = 0;
+                self.update(&name, |s| s.restarts += 1);
+                info!(service = %name, "service restarted on request");
+                continue;
+            }
             if ran_for >= self.backoff.reset_after {
                 attempt = 0;
             }
@@ -361,6 +418,10 @@ impl Supervisor {
             );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
+                () = restart.notified() => {
+                    attempt = 0;
+                    info!(service = %name, "backoff cut short by a restart request");
+                }
                 () = cancel.cancelled() => {
                     self.update(&name, |s| s.state = ServiceState::Stopped);
                     return;
@@ -400,6 +461,8 @@ mod tests {
         runs: Arc<AtomicU32>,
         behaviour: fn(u32) -> Result<(), ServiceError>,
         policy: RestartPolicy,
+        /// Each run waits for its shutdown token before behaving.
+        blocks: bool,
     }
 
     impl Service for Scripted {
@@ -411,9 +474,9 @@ mod tests {
         }
         fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
             let run = self.runs.fetch_add(1, Ordering::SeqCst);
-            let behaviour = self.behaviour;
+            let (behaviour, blocks) = (self.behaviour, self.blocks);
             async move {
-                if run == u32::MAX {
+                if blocks {
                     ctx.shutdown.cancelled().await;
                 }
                 behaviour(run)
@@ -477,6 +540,7 @@ mod tests {
                     }
                 },
                 policy: RestartPolicy::OnFailure,
+                blocks: false,
             }))
             .expect("start");
         let status = wait_until(&supervisor, "crashy", |s| s.state == ServiceState::Finished).await;
@@ -497,6 +561,7 @@ mod tests {
                 runs: Arc::default(),
                 behaviour: |_| Err(ServiceError::Fatal("bad setup".into())),
                 policy: RestartPolicy::Always,
+                blocks: false,
             }))
             .expect("start");
         let status = wait_until(&supervisor, "doomed", |s| s.state == ServiceState::Failed).await;
@@ -513,9 +578,10 @@ mod tests {
         supervisor
             .start(Arc::new(Scripted {
                 name: "daemon",
-                runs: Arc::new(AtomicU32::new(u32::MAX)),
+                runs: Arc::default(),
                 behaviour: |_| Ok(()),
                 policy: RestartPolicy::Always,
+                blocks: true,
             }))
             .expect("start");
         supervisor
@@ -529,6 +595,7 @@ mod tests {
                     })
                 },
                 policy: RestartPolicy::Always,
+                blocks: false,
             }))
             .expect("start");
         wait_until(&supervisor, "daemon", |s| s.state == ServiceState::Running).await;
@@ -543,9 +610,39 @@ mod tests {
                 runs: Arc::default(),
                 behaviour: |_| Ok(()),
                 policy: RestartPolicy::Always,
+                blocks: false,
             })),
             Err(SupervisorError::Duplicate(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_on_request_stops_the_run_and_starts_a_new_one() {
+        let supervisor = supervisor();
+        let runs = Arc::new(AtomicU32::new(0));
+        supervisor
+            .start(Arc::new(Scripted {
+                name: "daemon",
+                runs: Arc::clone(&runs),
+                behaviour: |_| Ok(()),
+                policy: RestartPolicy::Always,
+                blocks: true,
+            }))
+            .expect("start");
+        wait_until(&supervisor, "daemon", |s| s.state == ServiceState::Running).await;
+        assert!(matches!(
+            supervisor.restart("nosuch"),
+            Err(SupervisorError::Unknown(_))
+        ));
+        supervisor.restart("daemon").expect("restart");
+        let status = wait_until(&supervisor, "daemon", |s| s.restarts == 1).await;
+        assert_eq!(
+            status.last_exit.map(|e| e.reason),
+            Some(ExitReason::Restarted)
+        );
+        wait_until(&supervisor, "daemon", |s| s.state == ServiceState::Running).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        supervisor.stop_all().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

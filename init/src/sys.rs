@@ -37,7 +37,11 @@ pub trait Syscalls: Send + Sync {
     /// Creates a symbolic link at `link` pointing to `target`.
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     /// `finit_module(2)` of an uncompressed `.ko` file.
-    fn load_module(&self, path: &Path) -> Result<(), ModuleLoadError>;
+    fn load_module(&self, path: &Path) -> Result<(), ModuleLoadError> {
+        self.load_module_with(path, "")
+    }
+    /// `finit_module(2)` with module parameters (`key=value key=value`).
+    fn load_module_with(&self, path: &Path, parameters: &str) -> Result<(), ModuleLoadError>;
 }
 
 /// Why a kernel module did not load.
@@ -103,9 +107,11 @@ impl Syscalls for RealSyscalls {
         std::os::unix::fs::symlink(target, link)
     }
 
-    fn load_module(&self, path: &Path) -> Result<(), ModuleLoadError> {
+    fn load_module_with(&self, path: &Path, parameters: &str) -> Result<(), ModuleLoadError> {
         let file = File::open(path).map_err(ModuleLoadError::Open)?;
-        finit_module(&file, c"", ModuleInitFlags::empty()).map_err(ModuleLoadError::Refused)
+        let parameters = std::ffi::CString::new(parameters)
+            .map_err(|_| ModuleLoadError::Refused(Errno::EINVAL))?;
+        finit_module(&file, &parameters, ModuleInitFlags::empty()).map_err(ModuleLoadError::Refused)
     }
 }
 
@@ -233,7 +239,7 @@ pub mod fake {
             Ok(())
         }
 
-        fn load_module(&self, path: &Path) -> Result<(), ModuleLoadError> {
+        fn load_module_with(&self, path: &Path, _parameters: &str) -> Result<(), ModuleLoadError> {
             self.record(Call::LoadModule(path.display().to_string()));
             match self.failure(path) {
                 Some(errno) => Err(ModuleLoadError::Refused(errno)),

@@ -6,12 +6,14 @@
 //! hand it typed specs from `cairn-api`.
 //!
 //! - [`netlink`]: the one netlink handle type, with idempotent link/address/route calls.
+//! - [`dhcp`]: a DHCPv4 client that keeps a lease on a link.
 //! - [`interfaces`]: applying a configured interface (wait for it, MTU, up, addresses, routes).
 //! - [`monitor`]: a stream of link changes, for services that react to them.
 //! - [`netns`]: network namespaces held by a file descriptor (tests and, later, pods).
 
 #![forbid(unsafe_code)]
 
+pub mod dhcp;
 pub mod interfaces;
 pub mod monitor;
 pub mod netlink;

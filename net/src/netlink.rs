@@ -183,6 +183,70 @@ impl Netlink {
             })
     }
 
+    /// Removes an address from a link; removing one that is not there is not an error.
+    pub async fn del_address(&self, link: &Link, address: IpNet) -> Result<(), NetError> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| request(format!("list addresses of {}", link.name), source))?;
+        for message in messages {
+            let matches = message.header.prefix_len == address.prefix_len()
+                && message
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address.addr()));
+            if matches {
+                self.handle
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(|source| {
+                        request(
+                            format!("remove address {address} from {}", link.name),
+                            source,
+                        )
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a static route through a link; removing one that is not there is not an error.
+    pub async fn del_route(
+        &self,
+        link: &Link,
+        to: IpNet,
+        via: Option<IpAddr>,
+    ) -> Result<(), NetError> {
+        let invalid = |reason: String| NetError::InvalidRoute {
+            to: to.to_string(),
+            reason,
+        };
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(to.addr(), to.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
+            .output_interface(link.index);
+        if let Some(gateway) = via {
+            builder = builder
+                .gateway(gateway)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        match self.handle.route().del(builder.build()).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
+            Err(source) => Err(request(
+                format!("remove route {to} dev {}", link.name),
+                source,
+            )),
+        }
+    }
+
     /// Creates a veth pair (used by tests now, and by the pod network later).
     pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetError> {
         self.handle
@@ -191,6 +255,25 @@ impl Netlink {
             .execute()
             .await
             .map_err(|source| request(format!("add veth {name} <-> {peer}"), source))
+    }
+
+    /// Moves a link into another network namespace (given by an open namespace file).
+    pub async fn move_to_namespace(
+        &self,
+        link: &Link,
+        namespace: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), NetError> {
+        use std::os::fd::AsRawFd;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .setns_by_fd(namespace.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| request(format!("move {} to another namespace", link.name), source))
     }
 
     /// Every route of the main table, IPv4 and IPv6.

@@ -47,6 +47,11 @@ impl NetNamespace {
         Ok(namespace)
     }
 
+    /// The namespace's file, e.g. to move a link into it.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.handle.as_fd()
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets opened and
     /// processes spawned by `f` belong to the namespace.
     pub fn run<F, R>(&self, f: F) -> Result<R, NetError>

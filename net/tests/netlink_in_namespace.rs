@@ -30,6 +30,7 @@ fn configured_interface_gets_mtu_addresses_and_routes_and_reapplying_changes_not
                 "fd09::2/64".parse().unwrap(),
             ],
             mtu: Some(1400),
+            dhcp: false,
             routes: vec![
                 Route {
                     to: "10.10.0.0/16".parse().unwrap(),
@@ -74,8 +75,141 @@ fn configured_interface_gets_mtu_addresses_and_routes_and_reapplying_changes_not
                 .any(|r| r.to == "10.11.0.0/16".parse().unwrap() && r.via.is_none()),
             "{routes:?}"
         );
+
+        // Removing what a config no longer names.
+        netlink
+            .del_address(&link, spec.addresses[0])
+            .await
+            .expect("remove address");
+        netlink
+            .del_route(&link, spec.routes[0].to, spec.routes[0].via)
+            .await
+            .expect("remove route");
+        netlink
+            .del_route(&link, spec.routes[0].to, spec.routes[0].via)
+            .await
+            .expect("removing a route twice is not an error");
+        let addresses = netlink.addresses(&link).await.expect("addresses");
+        assert!(!addresses.contains(&spec.addresses[0]) && addresses.contains(&spec.addresses[1]));
+        let routes = netlink.routes().await.expect("routes");
+        assert!(
+            !routes.iter().any(|r| r.to == spec.routes[0].to),
+            "{routes:?}"
+        );
     })
     .expect("inside namespace");
+}
+
+#[test]
+#[ignore = "needs root (network namespaces) and dnsmasq; run by cargo xtask test"]
+fn dhcp_client_gets_and_applies_a_lease_from_a_real_server() {
+    // Client and server in namespaces of their own, joined by a veth pair, as two
+    // machines on one wire (in one namespace the kernel would pick the server's own
+    // address as the client's source and drop the packets as martians).
+    let client_ns = namespace();
+    let server_ns = namespace();
+    client_ns
+        .run_async(|| async {
+            let netlink = Netlink::connect().expect("netlink");
+            netlink
+                .add_veth("cairn0", "cairn1")
+                .await
+                .expect("veth pair");
+            let links = netlink.links().await.expect("links");
+            let peer = links.iter().find(|l| l.name == "cairn1").expect("peer");
+            netlink
+                .move_to_namespace(peer, server_ns.as_fd())
+                .await
+                .expect("move the server end");
+        })
+        .expect("client namespace");
+    server_ns
+        .run_async(|| async {
+            let netlink = Netlink::connect().expect("netlink");
+            let server_side = Interface {
+                selector: LinkSelector::Name("cairn1".into()),
+                addresses: vec!["10.77.0.1/24".parse().unwrap()],
+                mtu: None,
+                routes: Vec::new(),
+                dhcp: false,
+            };
+            interfaces::apply(&netlink, &server_side, Duration::from_secs(1))
+                .await
+                .expect("server address");
+        })
+        .expect("server namespace");
+    let leases = tempfile::NamedTempFile::new().expect("lease file");
+    let server = server_ns
+        .run(|| {
+            std::process::Command::new("dnsmasq")
+                .args([
+                    "--no-daemon",
+                    "--interface=cairn1",
+                    "--bind-interfaces",
+                    "--port=0",
+                    "--dhcp-range=10.77.0.50,10.77.0.60,12h",
+                    "--dhcp-option=option:router,10.77.0.1",
+                    "--dhcp-option=option:dns-server,10.77.0.1",
+                ])
+                .arg(format!("--dhcp-leasefile={}", leases.path().display()))
+                .spawn()
+                .expect("start dnsmasq (install dnsmasq-base)")
+        })
+        .expect("server namespace");
+    let _server = ServerGuard(server);
+    client_ns
+        .run_async(|| async {
+            let netlink = Netlink::connect().expect("netlink");
+            let client = interfaces::wait_for_link(
+                &netlink,
+                &LinkSelector::Name("cairn0".into()),
+                Duration::ZERO,
+            )
+            .await
+            .expect("client link");
+            netlink.set_up(&client).await.expect("up");
+            let lease = cairn_net::dhcp::acquire(&client, Duration::from_secs(20))
+                .await
+                .expect("lease");
+            let octet = lease.address.addr().octets()[3];
+            assert!((50..=60).contains(&octet), "{lease:?}");
+            assert_eq!(lease.address.prefix_len(), 24);
+            assert_eq!(lease.router, Some("10.77.0.1".parse().unwrap()));
+            assert_eq!(
+                lease.dns,
+                ["10.77.0.1".parse::<std::net::Ipv4Addr>().unwrap()]
+            );
+            cairn_net::dhcp::apply(&netlink, &client, &lease)
+                .await
+                .expect("apply");
+            let addresses = netlink.addresses(&client).await.expect("addresses");
+            assert!(
+                addresses.contains(&ipnet::IpNet::V4(lease.address)),
+                "{addresses:?}"
+            );
+            let routes = netlink.routes().await.expect("routes");
+            assert!(
+                routes
+                    .iter()
+                    .any(|r| r.to.prefix_len() == 0 && r.via == Some("10.77.0.1".parse().unwrap())),
+                "default route via the DHCP router: {routes:?}"
+            );
+            let renewed = cairn_net::dhcp::renew(&client, &lease, Duration::from_secs(10))
+                .await
+                .expect("renewal");
+            assert_eq!(renewed.address, lease.address);
+        })
+        .expect("client namespace");
+}
+
+/// Kills the DHCP server however the test ends.
+struct ServerGuard(std::process::Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

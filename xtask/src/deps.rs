@@ -18,6 +18,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mtools",
     "libseccomp-dev",
     "iproute2",
+    // A real DHCP server for the DHCP client's host test (no service, just the binary).
+    "dnsmasq-base",
 ];
 
 fn installed(package: &str) -> bool {

@@ -23,6 +23,7 @@ impl Service for LinkMonitorService {
             let mut monitor = LinkMonitor::subscribe()
                 .map_err(|e| ServiceError::failed("cannot subscribe to link events", e))?;
             let mut known: BTreeMap<u32, (bool, bool)> = BTreeMap::new();
+            info!("watching link changes");
             loop {
                 let event = tokio::select! {
                     () = ctx.shutdown.cancelled() => return Ok(()),

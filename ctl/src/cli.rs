@@ -1,0 +1,185 @@
+//! The command line of `cairnctl`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Drive Cairn nodes through their machine API.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairnctl",
+    version,
+    about = "Drive Cairn nodes through their machine API"
+)]
+pub struct Cli {
+    /// Connection and output options.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options for every command.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The client file (default: $CAIRNCONFIG, else ~/.cairn/config).
+    #[arg(long, global = true)]
+    pub cairnconfig: Option<PathBuf>,
+    /// The context of the client file to use (default: its current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Machine API endpoints, overriding the context's (host or host:port).
+    #[arg(short = 'e', long, global = true, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Nodes to act on (host or host:port); results are labelled per node.
+    #[arg(short = 'n', long, global = true, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// How results are printed.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// JSON, for scripts.
+    Json,
+    /// YAML, for scripts.
+    Yaml,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate configs and credentials for a new cluster.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Check a machine config file offline.
+    Validate {
+        /// The file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Cairn and kernel versions of the nodes.
+    Version,
+    /// Boot phases, services and persistence of the nodes.
+    Health,
+    /// The supervised services of the nodes.
+    Services,
+    /// Act on one service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// A service's recent log lines.
+    Logs {
+        /// The service.
+        service: String,
+        /// Keep following new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many recent lines (all kept lines by default).
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// The kernel log.
+    Dmesg {
+        /// Keep following new records.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Read resources of the nodes.
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Send a new machine config to the nodes.
+    ApplyConfig {
+        /// The config file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// auto, no-reboot, reboot, staged or try.
+        #[arg(long, default_value = "auto")]
+        mode: String,
+        /// For `try`: seconds before the automatic rollback.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// A node in maintenance mode: no client certificate, server certificate unchecked.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Keep a config applied with `--mode try`.
+    ConfirmConfig,
+    /// Reboot the nodes (orderly).
+    Reboot,
+    /// Power the nodes off (orderly).
+    Shutdown,
+    /// Local clusters of Cairn VMs under QEMU.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `cairnctl gen …`.
+#[derive(Subcommand, Debug)]
+pub enum GenCommand {
+    /// A CA, an admin client file, and control-plane and worker machine configs.
+    Config {
+        /// The cluster's name.
+        cluster_name: String,
+        /// The cluster endpoint, e.g. https://10.5.0.2:6443.
+        endpoint: String,
+        /// Where to write controlplane.yaml, worker.yaml and cairnconfig.
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// The install disk for the node's state, e.g. /dev/vda.
+        #[arg(long)]
+        install_disk: Option<String>,
+    },
+    /// A client file for another person or tool, with a role of its own.
+    Client {
+        /// The certificate's Common Name (who it is for).
+        name: String,
+        /// os:admin, os:operator or os:reader.
+        #[arg(long, default_value = "os:reader")]
+        role: String,
+        /// A control-plane machine config holding the cluster CA and its key.
+        #[arg(long)]
+        ca_from: PathBuf,
+        /// Where to write the client file.
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+/// `cairnctl service …`.
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Stop and start a service again.
+    Restart {
+        /// The service.
+        name: String,
+    },
+}
+
+/// `cairnctl get …`.
+#[derive(Subcommand, Debug)]
+pub enum GetCommand {
+    /// The running machine config (secrets redacted unless you are an admin).
+    #[command(alias = "mc")]
+    Machineconfig,
+}
+
+/// `cairnctl cluster …`.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Boot a local cluster of Cairn VMs and write its client context.
+    Create(crate::provision::CreateOptions),
+    /// Stop a local cluster's VMs and remove everything it made.
+    Destroy {
+        /// The cluster.
+        #[arg(long, default_value = "cairn")]
+        name: String,
+    },
+}

@@ -1,0 +1,279 @@
+//! The commands that talk to nodes. Each runs against every target node at once;
+//! results are labelled per node, and one failing node does not hide the others.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use cairn_api::machine_api::{
+    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, Persistence, ServiceInfo, VersionInfo,
+    paths,
+};
+use cairn_api::machine_config::MachineConfig;
+use futures::future::join_all;
+
+use crate::cli::{Command, GetCommand, Global, Output, ServiceCommand};
+use crate::client::{ClientError, NodeClient};
+use crate::output::{Table, print};
+use crate::settings;
+
+/// Runs a node command; returns whether every node succeeded.
+pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
+    if let Command::ApplyConfig {
+        insecure: true,
+        file,
+        mode,
+        timeout,
+    } = &command
+    {
+        let targets = settings::targets(global, None)
+            .context("--insecure needs -n/--nodes (the node in maintenance mode)")?;
+        let clients = targets
+            .iter()
+            .map(|t| NodeClient::insecure(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        return apply(global, &clients, file, mode, *timeout).await;
+    }
+    let (_, context) = settings::context(global)?;
+    let targets = settings::targets(global, Some(&context))?;
+    let clients = targets
+        .iter()
+        .map(|t| NodeClient::new(t, &context))
+        .collect::<Result<Vec<_>, _>>()?;
+    match command {
+        Command::Version => version(global.output, &clients).await,
+        Command::Health => health(global.output, &clients).await,
+        Command::Services => services(global.output, &clients).await,
+        Command::Service(ServiceCommand::Restart { name }) => {
+            let path = format!("/v1/services/{name}/restart");
+            acks(&clients, &path).await
+        }
+        Command::Logs {
+            service,
+            follow,
+            tail,
+        } => {
+            let mut path = format!("/v1/services/{service}/logs?follow={follow}");
+            if let Some(tail) = tail {
+                path.push_str(&format!("&tail={tail}"));
+            }
+            streams(&clients, &path).await
+        }
+        Command::Dmesg { follow } => {
+            streams(&clients, &format!("{}?follow={follow}", paths::DMESG)).await
+        }
+        Command::Get(GetCommand::Machineconfig) => machine_config(&clients).await,
+        Command::ApplyConfig {
+            file,
+            mode,
+            timeout,
+            ..
+        } => apply(global, &clients, &file, &mode, timeout).await,
+        Command::ConfirmConfig => acks(&clients, paths::CONFIRM).await,
+        Command::Reboot => acks(&clients, paths::REBOOT).await,
+        Command::Shutdown => acks(&clients, paths::SHUTDOWN).await,
+        Command::Gen(_) | Command::Validate { .. } | Command::Cluster(_) => {
+            bail!("not a node command")
+        }
+    }
+}
+
+/// Calls every node at once; prints failures on stderr; returns the successes.
+async fn each<'a, T, F, Fut>(clients: &'a [NodeClient], call: F) -> (Vec<(&'a str, T)>, bool)
+where
+    F: Fn(&'a NodeClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let results = join_all(clients.iter().map(|c| async { (c.node(), call(c).await) })).await;
+    let mut ok = Vec::new();
+    let mut all_ok = true;
+    for (node, result) in results {
+        match result {
+            Ok(value) => ok.push((node, value)),
+            Err(err) => {
+                all_ok = false;
+                eprintln!("error: {err}");
+            }
+        }
+    }
+    (ok, all_ok)
+}
+
+fn by_node<T: Clone>(results: &[(&str, T)]) -> BTreeMap<String, T> {
+    results
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), v.clone()))
+        .collect()
+}
+
+async fn version(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<VersionInfo>(paths::VERSION)).await;
+    print(format, &by_node(&results), || {
+        let mut table = Table::new(&["NODE", "VERSION", "KERNEL", "HOSTNAME", "MODE"]);
+        for (node, v) in &results {
+            table.row(vec![
+                (*node).to_owned(),
+                v.version.clone(),
+                v.kernel.clone(),
+                v.hostname.clone(),
+                if v.maintenance {
+                    "maintenance"
+                } else {
+                    "configured"
+                }
+                .to_owned(),
+            ]);
+        }
+        table.render()
+    })?;
+    Ok(ok)
+}
+
+async fn health(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<Health>(paths::HEALTH)).await;
+    print(format, &by_node(&results), || {
+        let mut out = Vec::new();
+        for (node, h) in &results {
+            let persistence = match &h.persistence {
+                Persistence::Ephemeral => "ephemeral (no install disk)".to_owned(),
+                Persistence::Disk { device, mount } => format!("{device} on {mount}"),
+            };
+            let mut text = format!("NODE {node}\nSTAGE {}", h.stage);
+            if let Some(reason) = &h.reason {
+                text.push_str(&format!(" ({reason})"));
+            }
+            text.push_str(&format!("\nSTATE {persistence}"));
+            if h.staged_config {
+                text.push_str("\nSTAGED a config waits for the next boot");
+            }
+            if let Some(secs) = h.try_rollback_in_secs {
+                text.push_str(&format!("\nTRY rolls back in {secs} s unless confirmed"));
+            }
+            let mut phases = Table::new(&["PHASE", "STATE", "MS", "DETAIL"]);
+            for p in &h.phases {
+                phases.row(vec![
+                    p.name.clone(),
+                    p.state.clone(),
+                    p.elapsed_ms
+                        .map(|ms| format!("{ms:.1}"))
+                        .unwrap_or_default(),
+                    p.detail.clone().unwrap_or_default(),
+                ]);
+            }
+            text.push_str("\n\n");
+            text.push_str(&phases.render());
+            text.push_str("\n\n");
+            text.push_str(&service_table(&[(node, h.services.clone())]));
+            out.push(text);
+        }
+        out.join("\n\n")
+    })?;
+    Ok(ok)
+}
+
+fn service_table(results: &[(&str, Vec<ServiceInfo>)]) -> String {
+    let mut table = Table::new(&["NODE", "SERVICE", "STATE", "RESTARTS", "LAST EXIT"]);
+    for (node, services) in results {
+        for s in services {
+            table.row(vec![
+                (*node).to_owned(),
+                s.name.clone(),
+                s.state.clone(),
+                s.restarts.to_string(),
+                s.last_exit.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    table.render()
+}
+
+async fn services(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<Vec<ServiceInfo>>(paths::SERVICES)).await;
+    print(format, &by_node(&results), || service_table(&results))?;
+    Ok(ok)
+}
+
+async fn acks(clients: &[NodeClient], path: &str) -> anyhow::Result<bool> {
+    let empty = serde_json::json!({});
+    let (results, ok) = each(clients, |c| c.post::<_, Ack>(path, &empty)).await;
+    for (node, ack) in results {
+        println!("{node}: {}", ack.message);
+    }
+    Ok(ok)
+}
+
+async fn streams(clients: &[NodeClient], path: &str) -> anyhow::Result<bool> {
+    let label = clients.len() > 1;
+    let (_, ok) = each(clients, |c| async move {
+        c.stream(path, |line| {
+            if label {
+                println!("{}: {line}", c.node());
+            } else {
+                println!("{line}");
+            }
+        })
+        .await
+    })
+    .await;
+    Ok(ok)
+}
+
+async fn machine_config(clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get_text(paths::MACHINE_CONFIG)).await;
+    let several = results.len() > 1;
+    for (node, text) in results {
+        if several {
+            println!("--- # {node}");
+        }
+        print!("{text}");
+    }
+    Ok(ok)
+}
+
+async fn apply(
+    global: &Global,
+    clients: &[NodeClient],
+    file: &std::path::Path,
+    mode: &str,
+    timeout: Option<u64>,
+) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mode: ApplyMode = mode.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    if let Err(err) = MachineConfig::from_yaml(&text) {
+        let list: String = err
+            .problems()
+            .iter()
+            .map(|p| format!("\n  - {p}"))
+            .collect();
+        bail!("{} is invalid; nothing was sent:{list}", file.display());
+    }
+    let request = ApplyRequest {
+        config: text,
+        mode,
+        try_timeout_secs: timeout,
+    };
+    let (results, ok) = each(clients, |c| {
+        c.post::<_, ApplyResponse>(paths::MACHINE_CONFIG, &request)
+    })
+    .await;
+    print(global.output, &by_node(&results), || {
+        let mut table = Table::new(&["NODE", "OUTCOME", "LIVE", "NEEDS REBOOT", "ROLLBACK IN"]);
+        for (node, answer) in &results {
+            table.row(vec![
+                (*node).to_owned(),
+                serde_json::to_value(answer.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                answer.changes.live.join(", "),
+                answer.changes.needs_reboot.join(", "),
+                answer
+                    .rollback_in_secs
+                    .map(|s| format!("{s} s"))
+                    .unwrap_or_default(),
+            ]);
+        }
+        table.render()
+    })?;
+    Ok(ok)
+}
