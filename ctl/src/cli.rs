@@ -181,5 +181,8 @@ pub enum ClusterCommand {
         /// The cluster.
         #[arg(long, default_value = "cairn")]
         name: String,
+        /// Where clusters keep their state (default: $CAIRN_CLUSTERS_DIR, else ~/.cairn/clusters).
+        #[arg(long)]
+        clusters_dir: Option<PathBuf>,
     },
 }

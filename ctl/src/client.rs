@@ -72,6 +72,36 @@ pub enum ClientError {
     },
 }
 
+/// The text of a TLS error among an error's causes, if there is one.
+fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(format!("{tls:?}"));
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(format!("{tls:?}"));
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// An error and its causes on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    text
+}
+
 fn problems(list: &[String]) -> String {
     list.iter().map(|p| format!("\n  - {p}")).collect()
 }
@@ -331,15 +361,11 @@ impl NodeClient {
             .map_err(|e| self.protocol(e.to_string()))?;
         tokio::spawn(connection);
         let response = sender.send_request(request).await.map_err(|e| {
-            // TLS 1.3 reports a refused client certificate only on the first read.
-            let text = format!("{e:?}");
-            if text.contains("CertificateRequired")
-                || text.contains("UnknownCA")
-                || text.contains("BadCertificate")
-            {
-                self.tls_error(&std::io::Error::other(text))
-            } else {
-                self.protocol(e.to_string())
+            // With TLS 1.3 a refused client certificate shows only when the answer is
+            // read: an alert from the server somewhere in the error's causes.
+            match tls_alert(&e) {
+                Some(alert) => self.tls_error(&std::io::Error::other(alert)),
+                None => self.protocol(chain(&e)),
             }
         })?;
         if response.status().is_success() {

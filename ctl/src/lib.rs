@@ -51,8 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(ClusterCommand::Create(options)) => {
             provision::create(&cli.global, &options).map(|()| true)?
         }
-        Command::Cluster(ClusterCommand::Destroy { name }) => {
-            provision::destroy(&cli.global, &name).map(|()| true)?
+        Command::Cluster(ClusterCommand::Destroy { name, clusters_dir }) => {
+            provision::destroy(&cli.global, &name, clusters_dir.as_deref()).map(|()| true)?
         }
         command => {
             let runtime = tokio::runtime::Builder::new_current_thread()

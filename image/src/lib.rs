@@ -32,6 +32,8 @@ pub const NODE_MODULES: &[&str] = &[
     "br_netfilter",
     "overlay",
     "nf_tables",
+    // The state partition on the install disk.
+    "ext4",
     // The ACPI power button and the event interface PID 1 reads it through.
     "button",
     "evdev",

@@ -420,8 +420,9 @@ fn find_raw_config(
     }
 }
 
-/// Gives a config-less node an address: `cairn.ip=` if given, else DHCP on every
-/// Ethernet link. Returns the addresses it got.
+/// Gives a config-less node an address: `cairn.ip=` if given (applied now), else DHCP
+/// on every Ethernet link in the background, so the maintenance API (listening on
+/// every address) is up at once. Returns the addresses known now.
 async fn maintenance_network(cmdline: &KernelCmdline) -> Vec<IpAddr> {
     let result: Result<Vec<IpAddr>, NetError> = async {
         let netlink = Netlink::connect()?;
@@ -445,31 +446,21 @@ async fn maintenance_network(cmdline: &KernelCmdline) -> Vec<IpAddr> {
             .into_iter()
             .filter(|l| l.name != "lo" && l.mac.is_some())
             .collect();
-        let mut tries = Vec::new();
         for link in links {
             netlink.set_up(&link).await?;
             let netlink = netlink.clone();
-            tries.push(async move {
+            tokio::spawn(async move {
                 match dhcp::acquire(&link, DHCP_TIMEOUT).await {
-                    Ok(lease) => match dhcp::apply(&netlink, &link, &lease).await {
-                        Ok(()) => Some(IpAddr::V4(lease.address.addr())),
-                        Err(err) => {
+                    Ok(lease) => {
+                        if let Err(err) = dhcp::apply(&netlink, &link, &lease).await {
                             warn!(link = %link.name, error = %err, "cannot apply DHCP lease");
-                            None
                         }
-                    },
-                    Err(err) => {
-                        warn!(link = %link.name, error = %err, "no DHCP lease");
-                        None
                     }
+                    Err(err) => warn!(link = %link.name, error = %err, "no DHCP lease"),
                 }
             });
         }
-        Ok(futures::future::join_all(tries)
-            .await
-            .into_iter()
-            .flatten()
-            .collect())
+        Ok(Vec::new())
     }
     .await;
     result.unwrap_or_else(|err| {

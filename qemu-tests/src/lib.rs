@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod configs;
 pub mod qmp;
 pub mod serial;
 
@@ -204,10 +205,11 @@ pub struct VmSpec {
     pub nic: bool,
     /// Extra QEMU arguments (e.g. a user-mode management NIC).
     pub extra_args: Vec<String>,
-    /// Start QEMU in a process group of its own, so a terminal's Ctrl-C reaches only
-    /// the harness (which may turn it into a power-button press). Tests leave this off
-    /// so that interrupting them also stops their VMs.
-    pub own_process_group: bool,
+    /// Attach an install disk of this many MiB (`/dev/vda`), kept across reboots.
+    pub disk_mib: Option<u32>,
+    /// Attach a management NIC (QEMU user network, restricted) whose DHCP-assigned
+    /// address forwards the machine API from the cluster namespace's 127.0.0.1.
+    pub management: bool,
 }
 
 impl VmSpec {
@@ -221,7 +223,8 @@ impl VmSpec {
             extra_cmdline: Vec::new(),
             nic: true,
             extra_args: Vec::new(),
-            own_process_group: false,
+            disk_mib: None,
+            management: false,
         }
     }
 
@@ -234,6 +237,18 @@ impl VmSpec {
     /// Adds a kernel parameter.
     pub fn cmdline(mut self, param: &str) -> Self {
         self.extra_cmdline.push(param.to_owned());
+        self
+    }
+
+    /// Adds an install disk of `mib` MiB.
+    pub fn disk(mut self, mib: u32) -> Self {
+        self.disk_mib = Some(mib);
+        self
+    }
+
+    /// Adds the management NIC that makes the machine API reachable from the test.
+    pub fn management(mut self) -> Self {
+        self.management = true;
         self
     }
 
@@ -310,6 +325,17 @@ impl Cluster {
         self.namespace.run(f).map_err(HarnessError::Namespace)
     }
 
+    /// Runs async client code inside the cluster's namespace, where the VMs' machine
+    /// APIs are forwarded.
+    pub fn in_namespace_async<F, Fut, R>(&self, f: F) -> Result<R, HarnessError>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        self.namespace.run_async(f).map_err(HarnessError::Namespace)
+    }
+
     /// Boots a VM and connects to its console.
     pub fn start(&self, spec: VmSpec) -> Result<Vm, HarnessError> {
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +403,39 @@ impl Cluster {
                     mac_for(index)
                 ));
         }
+        let api_port = 50000 + index;
+        if spec.management {
+            command
+                .arg("-netdev")
+                .arg(format!(
+                    "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:50000"
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-net-pci,netdev=mgmt,mac={},romfile=",
+                    mac_for(index + 0x100)
+                ));
+        }
+        if let Some(mib) = spec.disk_mib {
+            let disk = vm_dir.join("disk.qcow2");
+            if !disk.exists() {
+                let status = Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&disk)
+                    .arg(format!("{mib}M"))
+                    .status()
+                    .map_err(io("cannot run qemu-img (install qemu-utils)"))?;
+                if !status.success() {
+                    return Err(HarnessError::Io {
+                        what: format!("qemu-img create failed ({status})"),
+                        source: std::io::Error::other("qemu-img"),
+                    });
+                }
+            }
+            command
+                .arg("-drive")
+                .arg(format!("file={},if=virtio,format=qcow2", disk.display()));
+        }
         command.args(&spec.extra_args);
         let stderr_path = vm_dir.join("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path)
@@ -407,6 +466,7 @@ impl Cluster {
             .map_err(io(format!("{}: cannot connect to QMP", spec.name)))?;
         Ok(Vm {
             name: spec.name,
+            api_address: spec.management.then(|| format!("127.0.0.1:{api_port}")),
             mac: mac_for(index),
             started,
             child,
@@ -456,6 +516,7 @@ pub fn mac_for(index: u16) -> String {
 /// A running guest.
 pub struct Vm {
     name: String,
+    api_address: Option<String>,
     mac: String,
     started: Instant,
     child: Arc<Mutex<Option<Child>>>,
@@ -468,6 +529,12 @@ impl Vm {
     /// The VM's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The machine API's address, reachable from inside the cluster's namespace
+    /// (see [`Cluster::in_namespace_async`]); only with a management NIC.
+    pub fn api_address(&self) -> &str {
+        self.api_address.as_deref().unwrap_or("(no management NIC)")
     }
 
     /// The MAC address of its NIC on the cluster segment.

@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use qemu_tests::{Cluster, VmSpec};
+use qemu_tests::{Cluster, VmSpec, configs};
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn config(hostname: &str, address: &str) -> String {
-    format!(
-        "apiVersion: cairn.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  type: worker\n  hostname: {hostname}\n  network:\n    interfaces:\n      - name: eth0\n        addresses: [{address}]\n"
-    )
+fn config(secrets: &cairn_api::bundle::Secrets, hostname: &str, address: &str) -> String {
+    configs::yaml(&configs::node(secrets, hostname, address, false, false))
 }
 
 #[test]
@@ -20,6 +18,7 @@ fn three_nodes_on_one_segment_hear_each_other() {
     let cluster = Cluster::new("three_nodes_on_one_segment_hear_each_other")
         .expect("cluster (needs root, QEMU and `cargo xtask image`)");
     let names = ["node-1", "node-2", "node-3"];
+    let secrets = configs::secrets();
     let vms: Vec<_> = names
         .iter()
         .enumerate()
@@ -27,7 +26,7 @@ fn three_nodes_on_one_segment_hear_each_other() {
             cluster
                 .start(
                     VmSpec::new(name)
-                        .config(&config(name, &format!("10.5.0.{}/24", i + 2)))
+                        .config(&config(&secrets, name, &format!("10.5.0.{}/24", i + 2)))
                         .cmdline("cairn.test=beacon"),
                 )
                 .expect("start")

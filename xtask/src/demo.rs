@@ -1,85 +1,63 @@
-//! `cargo xtask demo`: build the image and boot a local Cairn node under QEMU, showing
-//! its console live. Ctrl-C presses the node's power button (orderly power-off).
+//! `cargo xtask demo`: build the image and `cairnctl`, then boot a local Cairn cluster
+//! under QEMU with `cairnctl cluster create` and show how to drive it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::process::Command;
 
-use anyhow::Context;
-use qemu_tests::{Cluster, Image, VmSpec};
+use anyhow::{Context, bail};
 
 use crate::{build, deps};
 
-const DEMO_CONFIG: &str = "\
-apiVersion: cairn.dev/v1alpha1
-kind: MachineConfig
-machine:
-  type: controlplane
-  hostname: demo-1
-  network:
-    interfaces:
-      - name: eth0
-        addresses: [10.5.0.2/24]
-";
-
-/// Boots one node and follows its console until it powers off.
-pub fn run(memory_mib: u32) -> anyhow::Result<()> {
+/// Creates (or shows) the local cluster `name`.
+pub fn run(name: &str, workers: u8) -> anyhow::Result<()> {
     deps::ensure()?;
     build::image(false)?;
-    let image = Image::load(&build::image_dir())?;
-    let dir = build::target_dir().join("demo");
-    let cluster = Cluster::with_image("demo", image, dir.clone()).context("preparing the VM")?;
-    let mut spec = VmSpec::new("demo-1").config(DEMO_CONFIG);
-    spec.memory_mib = memory_mib;
-    // QEMU must not get the terminal's Ctrl-C: we turn it into a power-button press.
-    spec.own_process_group = true;
-    let vm = cluster.start(spec).context("starting QEMU")?;
-
-    let presses = Arc::new(AtomicU32::new(0));
-    let handler_presses = Arc::clone(&presses);
-    ctrlc::set_handler(move || {
-        handler_presses.fetch_add(1, Ordering::SeqCst);
-    })
-    .context("installing the Ctrl-C handler")?;
-
-    eprintln!(
-        "xtask: booting node demo-1 under QEMU (console below, also in {})",
-        vm.log_path().display()
+    build::cargo(&["build", "--release", "--package", "cairnctl"])?;
+    let cairnctl = build::target_dir().join("x86_64-unknown-linux-gnu/release/cairnctl");
+    let image = build::image_dir();
+    let cluster_dir = home().join(".cairn/clusters").join(name);
+    if cluster_dir.exists() {
+        eprintln!("xtask: cluster {name:?} exists already; showing its health");
+    } else {
+        let status = Command::new(&cairnctl)
+            .args([
+                "cluster",
+                "create",
+                "--name",
+                name,
+                "--workers",
+                &workers.to_string(),
+            ])
+            .arg("--image-dir")
+            .arg(&image)
+            .status()
+            .context("running cairnctl cluster create")?;
+        if !status.success() {
+            bail!("cairnctl cluster create failed ({status})");
+        }
+    }
+    let status = Command::new(&cairnctl)
+        .args(["--context", name, "health"])
+        .status()
+        .context("running cairnctl health")?;
+    if !status.success() {
+        bail!("cairnctl health failed ({status})");
+    }
+    let ctl = cairnctl.display();
+    println!(
+        "\nThe cluster runs in the background. Drive it with cairnctl ({ctl}), e.g.:\n\
+         \x20 {ctl} --context {name} services\n\
+         \x20 {ctl} --context {name} logs machine-api\n\
+         \x20 {ctl} --context {name} dmesg\n\
+         \x20 {ctl} --context {name} get machineconfig > node.yaml   # edit, then:\n\
+         \x20 {ctl} --context {name} apply-config -f node.yaml --mode try\n\
+         Remove it with:\n\
+         \x20 {ctl} cluster destroy --name {name}"
     );
-    let mut handled = 0;
-    loop {
-        match vm.wait_for("", Duration::from_millis(200)) {
-            Ok(line) => {
-                println!("{line}");
-                if line.contains(" ready elapsed_ms=") {
-                    eprintln!(
-                        "xtask: node demo-1 is ready ({:.1} s after QEMU started), as \
-                         10.5.0.2/24 on a private segment. Press Ctrl-C to power it off in \
-                         order.",
-                        vm.started().elapsed().as_secs_f64()
-                    );
-                }
-            }
-            Err(qemu_tests::HarnessError::Timeout { .. }) => {}
-            Err(qemu_tests::HarnessError::Exited { .. }) => break,
-            Err(err) => return Err(err.into()),
-        }
-        let pressed = presses.load(Ordering::SeqCst);
-        if pressed > handled {
-            handled = pressed;
-            if pressed == 1 {
-                eprintln!("xtask: pressing the power button (Ctrl-C again to kill QEMU)");
-                vm.press_power_button()?;
-            } else {
-                eprintln!("xtask: killing QEMU");
-                break;
-            }
-        }
-    }
-    if let Ok(status) = vm.wait_exit(Duration::from_secs(1)) {
-        eprintln!("xtask: QEMU exited ({status})");
-    }
-    drop(vm);
-    drop(cluster);
     Ok(())
+}
+
+fn home() -> std::path::PathBuf {
+    std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/root"))
 }

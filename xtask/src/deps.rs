@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 /// C library libcontainer's seccomp support links statically.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-utils",
     "linux-image-amd64",
     "busybox-static",
     "cpio",
@@ -18,6 +19,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mtools",
     "libseccomp-dev",
     "iproute2",
+    // e2fsck checks the state partitions Cairn formats.
+    "e2fsprogs",
     // A real DHCP server for the DHCP client's host test (no service, just the binary).
     "dnsmasq-base",
 ];

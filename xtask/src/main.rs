@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's recipes.
 //!
 //! - `image`: build the static `cairn` and the boot artefacts;
-//! - `demo`: build the image and boot a local node under QEMU (the main job);
+//! - `demo`: build the image and boot a local cluster under QEMU (the main job);
 //! - `test`: install what is missing, then fmt, clippy and every test tier;
 //! - `bench boot`: boot timings against their goals and a same-run anchor.
 
@@ -28,11 +28,14 @@ enum Task {
         #[arg(long)]
         no_iso: bool,
     },
-    /// Build the image and boot a local Cairn node under QEMU; Ctrl-C powers it off.
+    /// Build the image and `cairnctl`, and boot a local Cairn cluster under QEMU.
     Demo {
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
+        /// The cluster's name.
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Worker nodes besides the control plane.
+        #[arg(long, default_value_t = 0)]
+        workers: u8,
     },
     /// Install missing packages, then run fmt, clippy and every test tier.
     Test {
@@ -55,7 +58,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Image { no_iso } => build::image(!no_iso).map(drop),
-        Task::Demo { memory } => demo::run(memory),
+        Task::Demo { name, workers } => demo::run(&name, workers),
         Task::Test {
             no_install,
             qemu_filter,
