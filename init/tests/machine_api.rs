@@ -352,9 +352,15 @@ fn maintenance_mode_takes_one_insecure_config_then_requires_certificates() {
             .unwrap();
         assert_eq!(answer.outcome, ApplyOutcome::Booting);
     });
-    // The configured API comes up (on a port of its own) before `ready`.
-    let address = node.api_address(T);
-    node.wait_for(r"\bready\b", T);
+    // The configured API (on a port of its own) and `ready` are logged in either order.
+    let lines = node.wait_for_each(&[r"machine API listening.* address=", r"\bready\b"], T);
+    let address = lines[0]
+        .rsplit("address=")
+        .next()
+        .unwrap()
+        .trim()
+        .trim_matches('"')
+        .to_owned();
     runtime().block_on(async {
         let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
         let version: VersionInfo = admin.get(paths::VERSION).await.unwrap();

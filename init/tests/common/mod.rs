@@ -103,6 +103,32 @@ impl HostedNode {
 }
 
 impl HostedNode {
+    /// Waits until every pattern has matched a line, in any order; returns the lines.
+    pub fn wait_for_each(&mut self, patterns: &[&str], timeout: Duration) -> Vec<String> {
+        let res: Vec<Regex> = patterns
+            .iter()
+            .map(|p| Regex::new(p).expect("pattern"))
+            .collect();
+        let mut found: Vec<Option<String>> = vec![None; patterns.len()];
+        let deadline = Instant::now() + timeout;
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "not all of {patterns:?} within {timeout:?}; log so far:\n{}",
+                    self.seen.join("\n")
+                );
+            };
+            self.seen.push(line.clone());
+            for (slot, re) in found.iter_mut().zip(&res) {
+                if slot.is_none() && re.is_match(&line) {
+                    *slot = Some(line.clone());
+                }
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
     /// Waits for the API's listening line and returns its address.
     pub fn api_address(&mut self, timeout: Duration) -> String {
         let line = self.wait_for(
