@@ -23,6 +23,7 @@ pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
     build::cargo(&[
         "test",
         "--release",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "qemu-tests",
@@ -33,6 +34,7 @@ pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
     let mut qemu = vec![
         "test",
         "--release",
+        "--no-fail-fast",
         "--package",
         "qemu-tests",
         "--",
