@@ -134,6 +134,14 @@ impl TlsState {
         if let Ok(mut slot) = self.config.write() {
             *slot = Some(Arc::new(server));
         }
+        if let Ok(info) = pki::cert_info(&cert_pem, "node certificate") {
+            info!(
+                subject = info.common_name.as_deref().unwrap_or(""),
+                names = info.alt_names.join(","),
+                not_after = info.not_after,
+                "machine API certificate loaded"
+            );
+        }
         Ok(())
     }
 }

@@ -412,3 +412,44 @@ fn a_restarted_service_shows_in_its_status_and_followed_logs() {
         following.abort();
     });
 }
+
+#[test]
+fn new_certificates_are_served_without_a_restart() {
+    let (secrets, config) = secrets_and_config("node-a");
+    let file = config_file(&config.to_yaml().unwrap());
+    let mut node = HostedNode::start(file.path(), &[]);
+    let address = node.api_address(T);
+    let rotated = secrets
+        .ca
+        .issue_server(
+            "rotated-node",
+            &["127.0.0.1".into()],
+            ::time::Duration::days(30),
+        )
+        .unwrap();
+    runtime().block_on(async {
+        let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
+        let mut new = config.clone();
+        new.machine.certs.node = Some(cairn_api::machine_config::NodeCerts {
+            crt: rotated.cert_pem.clone(),
+            key: rotated.key_pem.clone(),
+        });
+        let answer: ApplyResponse = admin
+            .post(
+                paths::MACHINE_CONFIG,
+                &apply(new.to_yaml().unwrap(), ApplyMode::NoReboot),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.changes.live, ["machine.certs"]);
+    });
+    node.wait_for(
+        r#"machine API certificate loaded subject="rotated-node""#,
+        T,
+    );
+    runtime().block_on(async {
+        // New connections get the new certificate, and clients of the same CA still work.
+        let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
+        let _: VersionInfo = admin.get(paths::VERSION).await.unwrap();
+    });
+}

@@ -127,6 +127,37 @@ fn roles_refusals_and_live_apply_on_a_running_node() {
             let version: VersionInfo = admin.get(paths::VERSION).await.unwrap();
             assert_eq!(version.hostname, "renamed-1");
 
+            // Live: addresses, routes and sysctls follow the config, both ways.
+            let mut more = renamed.clone();
+            more.machine.network.interfaces[0]
+                .addresses
+                .push("10.5.0.3/24".into());
+            more.machine.network.interfaces[0].routes.push(
+                cairn_api::machine_config::RouteConfig {
+                    to: "10.7.0.0/16".into(),
+                    via: Some("10.5.0.1".into()),
+                },
+            );
+            more.machine
+                .sysctls
+                .insert("net.ipv4.ip_forward".into(), "1".into());
+            let answer: ApplyResponse = admin
+                .post(
+                    paths::MACHINE_CONFIG,
+                    &request(configs::yaml(&more), ApplyMode::Auto),
+                )
+                .await
+                .unwrap();
+            assert_eq!(answer.changes.live, ["machine.network", "machine.sysctls"]);
+            let answer: ApplyResponse = admin
+                .post(
+                    paths::MACHINE_CONFIG,
+                    &request(configs::yaml(&renamed), ApplyMode::Auto),
+                )
+                .await
+                .unwrap();
+            assert_eq!(answer.outcome, ApplyOutcome::AppliedLive);
+
             // Invalid: refused with every problem, the running config stays.
             let mut invalid = renamed.clone();
             invalid.machine.hostname = Some("Not_Valid".into());
