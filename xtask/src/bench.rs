@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use qemu_tests::{Cluster, Image, VmSpec};
+use qemu_tests::{Cluster, Image, VmSpec, configs};
 
 use crate::{build, deps};
 
@@ -32,18 +32,6 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Boot { runs } => boot(runs),
     }
 }
-
-const CONFIG: &str = "\
-apiVersion: cairn.dev/v1alpha1
-kind: MachineConfig
-machine:
-  type: controlplane
-  hostname: bench-1
-  network:
-    interfaces:
-      - name: eth0
-        addresses: [10.5.0.2/24]
-";
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -147,7 +135,8 @@ fn boot_cairn(image: &Image, run: usize) -> anyhow::Result<Sample> {
             .join("bench")
             .join(format!("boot-{run}")),
     )?;
-    let vm = cluster.start(VmSpec::new("bench-1").config(CONFIG))?;
+    let config = configs::node(&configs::secrets(), "bench-1", "10.5.0.2/24", false, false);
+    let vm = cluster.start(VmSpec::new("bench-1").config(&configs::yaml(&config)))?;
     let line = vm.wait_for(r"\bready elapsed_ms=", BOOT_TIMEOUT)?;
     let qemu_to_ready_s = vm.started().elapsed().as_secs_f64();
     Ok(Sample {
