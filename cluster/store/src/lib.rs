@@ -2,9 +2,13 @@
 //! a revision, watches from a revision, compaction) on redb, replicated with openraft.
 //!
 //! - [`types`]: requests, answers, key-values and events;
-//! - [`mvcc`]: the key space on redb tables (pure storage logic, unit-tested alone).
+//! - [`mvcc`]: the key space on redb tables (pure storage logic, unit-tested alone);
+//! - [`raft_types`], [`log_store`], [`state_machine`]: openraft's storage on redb.
 
+pub mod log_store;
 pub mod mvcc;
+pub mod raft_types;
+pub mod state_machine;
 pub mod types;
 
 /// Everything that can go wrong in the store.
