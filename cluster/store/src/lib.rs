@@ -3,16 +3,22 @@
 //!
 //! - [`types`]: requests, answers, key-values and events;
 //! - [`mvcc`]: the key space on redb tables (pure storage logic, unit-tested alone);
-//! - [`raft_types`], [`log_store`], [`state_machine`]: openraft's storage on redb.
+//! - [`raft_types`], [`log_store`], [`state_machine`]: openraft's storage on redb;
+//! - [`node`]: a running node (writes through the leader, reads, watches, membership);
+//! - [`protocol`]: the messages between nodes and clients, framed;
+//! - [`memnet`]: an in-memory network for in-process tests.
 
 pub mod log_store;
+pub mod memnet;
 pub mod mvcc;
+pub mod node;
+pub mod protocol;
 pub mod raft_types;
 pub mod state_machine;
 pub mod types;
 
 /// Everything that can go wrong in the store.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StoreError {
     /// The database failed (I/O, corruption).
     #[error("storage: {0}")]
