@@ -136,10 +136,10 @@ pub struct MemClient {
 }
 
 impl MemClient {
-    fn node<E: std::error::Error>(&self) -> Result<Arc<StoreNode>, RPCError<NodeId, BasicNode, E>> {
+    fn node(&self) -> Result<Arc<StoreNode>, Unreachable> {
         self.network
             .reach(self.from, self.target)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+            .map_err(|e| Unreachable::new(&e))
     }
 }
 
@@ -149,7 +149,7 @@ impl RaftNetwork<TypeConfig> for MemClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let node = self.node()?;
+        let node = self.node().map_err(RPCError::Unreachable)?;
         node.raft()
             .append_entries(rpc)
             .await
@@ -164,7 +164,7 @@ impl RaftNetwork<TypeConfig> for MemClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let node = self.node()?;
+        let node = self.node().map_err(RPCError::Unreachable)?;
         node.raft()
             .install_snapshot(rpc)
             .await
@@ -176,7 +176,7 @@ impl RaftNetwork<TypeConfig> for MemClient {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let node = self.node()?;
+        let node = self.node().map_err(RPCError::Unreachable)?;
         node.raft()
             .vote(rpc)
             .await

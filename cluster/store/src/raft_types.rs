@@ -29,12 +29,6 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNo
 /// The handle of a running Raft node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-impl Default for Response {
-    fn default() -> Self {
-        Response::None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -157,7 +157,7 @@ pub enum Op {
 }
 
 /// The answer to a write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// A transaction's outcome.
     Txn(TxnResponse),
@@ -167,6 +167,7 @@ pub enum Response {
         revision: u64,
     },
     /// Nothing to answer (Raft's own entries).
+    #[default]
     None,
 }
 

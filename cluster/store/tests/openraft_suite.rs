@@ -19,6 +19,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fre
 }
 
 #[test]
-fn redb_storage_passes_the_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(Fresh)
+fn redb_storage_passes_the_openraft_suite() {
+    if let Err(err) = Suite::test_all(Fresh) {
+        panic!("openraft storage suite failed: {err}");
+    }
 }
