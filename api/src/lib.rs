@@ -10,5 +10,6 @@ pub mod client_config;
 pub mod machine_api;
 pub mod machine_config;
 pub mod pki;
+pub mod tls;
 
 pub use machine_config::{ConfigError, FieldError, MachineConfig};

@@ -292,6 +292,37 @@ impl Ca {
     }
 }
 
+/// The Organization of certificates that identify Cairn nodes to each other (store
+/// replication), as opposed to people and tools.
+pub const NODE_ORGANIZATION: &str = "cairn:node";
+
+impl Ca {
+    /// A certificate a node uses both to serve and to dial other nodes, with
+    /// [`NODE_ORGANIZATION`] as its Organization.
+    pub fn issue_node(
+        &self,
+        common_name: &str,
+        names: &[String],
+        valid_for: Duration,
+    ) -> Result<CertAndKey, PkiError> {
+        let mut params = CertificateParams::new(names.to_vec()).map_err(PkiError::Generate)?;
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, NODE_ORGANIZATION);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        set_validity(&mut params, valid_for);
+        self.issue(&params)
+    }
+}
+
 /// A self-signed serving certificate (maintenance mode, before any CA is known).
 pub fn self_signed_server(common_name: &str, names: &[String]) -> Result<CertAndKey, PkiError> {
     let key = KeyPair::generate().map_err(PkiError::Generate)?;

@@ -1,10 +1,8 @@
 //! A machine API client: HTTPS with the context's client certificate, the cluster CA
 //! pinned, and errors that say what to do.
 //!
-//! Server certificates must chain to the cluster CA and be valid now. Their names are
-//! not matched against the address dialled: nodes are reached through port forwards
-//! and DHCP addresses a certificate cannot always name, and the CA is the cluster's
-//! own, so whatever it signed is a node of this cluster.
+//! Server certificates must chain to the cluster CA and be valid now; their names are
+//! not matched (see `cairn_api::tls`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,9 +15,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
@@ -106,58 +103,6 @@ fn problems(list: &[String]) -> String {
     list.iter().map(|p| format!("\n  - {p}")).collect()
 }
 
-/// Verifies server certificates against the pinned cluster CA, ignoring their names.
-#[derive(Debug)]
-struct PinnedCa {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// Accepts any server certificate (maintenance mode only: `--insecure`).
 #[derive(Debug)]
 struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
@@ -207,11 +152,6 @@ impl ServerCertVerifier for AcceptAnything {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A connection recipe for one node.
 #[derive(Clone)]
 pub struct NodeClient {
@@ -247,39 +187,15 @@ pub fn split_target(target: &str) -> (String, u16) {
 impl NodeClient {
     /// A client authenticating with the context's certificate.
     pub fn new(target: &str, context: &Context) -> Result<Self, ClientError> {
-        let provider = provider();
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(context.ca.as_bytes()) {
-            let ca = ca.map_err(|e| ClientError::Credentials(format!("ca: {e}")))?;
-            roots
-                .add(ca)
-                .map_err(|e| ClientError::Credentials(format!("ca: {e}")))?;
-        }
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&provider),
-        )
-        .build()
-        .map_err(|e| ClientError::Credentials(format!("ca: {e}")))?;
-        let chain = CertificateDer::pem_slice_iter(context.crt.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::Credentials(format!("crt: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(context.key.as_bytes())
-            .map_err(|e| ClientError::Credentials(format!("key: {e}")))?;
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Credentials(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCa { inner }))
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| ClientError::Credentials(format!("crt/key: {e}")))?;
+        let tls = cairn_api::tls::client_config(&context.ca, &context.crt, &context.key)
+            .map_err(|e| ClientError::Credentials(e.to_string()))?;
         Ok(Self::with_tls(target, tls))
     }
 
     /// A client for a node in maintenance mode: no client certificate, and the
     /// server's self-signed certificate is not checked.
     pub fn insecure(target: &str) -> Result<Self, ClientError> {
-        let provider = provider();
+        let provider = cairn_api::tls::provider();
         let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Credentials(e.to_string()))?

@@ -6,6 +6,7 @@
 //! - [`raft_types`], [`log_store`], [`state_machine`]: openraft's storage on redb;
 //! - [`node`]: a running node (writes through the leader, reads, watches, membership);
 //! - [`protocol`]: the messages between nodes and clients, framed;
+//! - [`tcp`]: the real network, frames over TCP with mutual TLS, and a client;
 //! - [`memnet`]: an in-memory network for in-process tests.
 
 pub mod log_store;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod protocol;
 pub mod raft_types;
 pub mod state_machine;
+pub mod tcp;
 pub mod types;
 
 /// Everything that can go wrong in the store.

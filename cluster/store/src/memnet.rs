@@ -121,7 +121,7 @@ impl Peers for MemFactory {
     ) -> BoxFuture<'static, Result<ClientReply, ClientError>> {
         let reached = self.network.reach(self.from, target);
         async move {
-            let node = reached.map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            let node = reached.map_err(|e| ClientError::NotSent(e.to_string()))?;
             node.client(request, false).await
         }
         .boxed()

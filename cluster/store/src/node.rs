@@ -167,7 +167,7 @@ impl StoreNode {
     }
 
     /// Handles a message from the network.
-    pub async fn handle(&self, rpc: Rpc, from_peer: bool) -> Reply {
+    pub async fn handle(&self, rpc: Rpc) -> Reply {
         match rpc {
             Rpc::AppendEntries(request) => {
                 Reply::AppendEntries(self.raft.append_entries(request).await)
@@ -176,8 +176,9 @@ impl StoreNode {
             Rpc::InstallSnapshot(request) => {
                 Reply::InstallSnapshot(self.raft.install_snapshot(request).await)
             }
+            Rpc::Client(request) => Reply::Client(self.client(request, true).await),
             // A request forwarded by a peer is not forwarded again (no loops).
-            Rpc::Client(request) => Reply::Client(self.client(request, !from_peer).await),
+            Rpc::Forwarded(request) => Reply::Client(self.client(request, false).await),
         }
     }
 
@@ -226,6 +227,7 @@ impl StoreNode {
                 self.add_voter(*id, addr).await?;
                 Ok(ClientReply::Membership)
             }
+            ClientRequest::Members => Ok(ClientReply::Members(self.members())),
             ClientRequest::Remove { id } => {
                 if !self.is_leader() {
                     let (leader, node) = self.leader();

@@ -28,6 +28,8 @@ pub enum Rpc {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client's request (forwarded to the leader when needed).
     Client(ClientRequest),
+    /// A client's request forwarded by another node (never forwarded again).
+    Forwarded(ClientRequest),
 }
 
 /// The answer to an [`Rpc`].
@@ -72,6 +74,8 @@ pub enum ClientRequest {
         /// Its id.
         id: NodeId,
     },
+    /// The group as the receiving node sees it.
+    Members,
 }
 
 /// The answer to a [`ClientRequest`].
@@ -83,6 +87,8 @@ pub enum ClientReply {
     Read(RangeResponse),
     /// Membership changed.
     Membership,
+    /// The group.
+    Members(crate::node::Members),
 }
 
 /// Why a client request failed.
@@ -94,7 +100,10 @@ pub enum ClientError {
     /// The store refused the request.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The request did not reach its destination or timed out; its outcome is unknown.
+    /// The request could not be sent (the node was unreachable): it had no effect.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The request was sent but no answer came; its outcome is unknown.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The request was refused (bad token, unknown member).
