@@ -118,11 +118,12 @@ impl Peers for MemFactory {
         target: NodeId,
         _node: &BasicNode,
         request: ClientRequest,
+        onward: bool,
     ) -> BoxFuture<'static, Result<ClientReply, ClientError>> {
         let reached = self.network.reach(self.from, target);
         async move {
             let node = reached.map_err(|e| ClientError::NotSent(e.to_string()))?;
-            node.client(request, false).await
+            node.client(request, onward).await
         }
         .boxed()
     }

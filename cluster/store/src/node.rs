@@ -25,12 +25,14 @@ use crate::types::{Event, RangeRequest, RangeResponse, Request, Response};
 
 /// Sends client requests to other nodes (for forwarding to the leader).
 pub trait Peers: Send + Sync + 'static {
-    /// Sends `request` to `target`, which must not forward it again.
+    /// Sends `request` to `target`; when `onward` it may forward it again (to its
+    /// leader), otherwise it must serve it itself.
     fn forward(
         &self,
         target: NodeId,
         node: &BasicNode,
         request: ClientRequest,
+        onward: bool,
     ) -> BoxFuture<'static, Result<ClientReply, ClientError>>;
 }
 
@@ -301,7 +303,7 @@ impl StoreNode {
     ) -> Result<ClientReply, ClientError> {
         match (leader, node, may_forward) {
             (Some(id), Some(node), true) if id != self.id => {
-                self.peers.forward(id, &node, request).await
+                self.peers.forward(id, &node, request, false).await
             }
             (Some(id), _, false) => Err(ClientError::NoLeader(format!(
                 "node {} is not the leader (node {id} is)",
@@ -352,7 +354,10 @@ impl StoreNode {
             token: self.token.clone(),
         };
         // The node asked may forward to the leader: send it as a client would.
-        self.peers.forward(via, via_node, request).await.map(drop)
+        self.peers
+            .forward(via, via_node, request, true)
+            .await
+            .map(drop)
     }
 
     /// The group as this node sees it.

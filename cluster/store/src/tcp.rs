@@ -210,11 +210,17 @@ impl Peers for TcpNetwork {
         _target: NodeId,
         node: &BasicNode,
         request: ClientRequest,
+        onward: bool,
     ) -> BoxFuture<'static, Result<ClientReply, ClientError>> {
         let mut connection = Connection::new(&node.addr, &self.tls);
         let deadline = self.forward_timeout;
+        let rpc = if onward {
+            Rpc::Client(request)
+        } else {
+            Rpc::Forwarded(request)
+        };
         async move {
-            match connection.call(&Rpc::Forwarded(request), deadline).await {
+            match connection.call(&rpc, deadline).await {
                 Ok(Reply::Client(result)) => result,
                 Ok(other) => Err(ClientError::Unavailable(format!(
                     "unexpected reply {other:?}"

@@ -393,6 +393,7 @@ async fn history_stays_linearizable_through_partitions_kills_and_a_wiped_node() 
         .and_then(|r| r.parse().ok())
         .unwrap_or(1);
     let mut cluster = Cluster::start().await;
+    eprintln!("fault test: node logs in {}", cluster.root.path().display());
     let client = Arc::new(StoreClient::new(cluster.pki.tls(IpAddr::V4(CLIENT_IP))));
     let recorder = Arc::new(Recorder {
         start: Instant::now(),
@@ -400,6 +401,10 @@ async fn history_stays_linearizable_through_partitions_kills_and_a_wiped_node() 
     });
 
     for round in 0..rounds {
+        eprintln!(
+            "fault test: round {round} at {:?}",
+            recorder.start.elapsed()
+        );
         let until = Instant::now() + Duration::from_secs(26);
         let clients: Vec<_> = (0..3)
             .map(|id| {
@@ -458,7 +463,15 @@ async fn history_stays_linearizable_through_partitions_kills_and_a_wiped_node() 
         cluster.slots[wiped].id = cluster.next_id;
         cluster.next_id += 1;
         let via = format!("{}={survivor}", cluster.slots[(wiped + 1) % 3].id);
+        eprintln!(
+            "fault test: wiped node rejoining at {:?}",
+            recorder.start.elapsed()
+        );
         cluster.spawn(wiped, false, Some(&via));
+        eprintln!(
+            "fault test: wiped node rejoined at {:?}",
+            recorder.start.elapsed()
+        );
         for handle in clients {
             handle.await.unwrap();
         }
@@ -522,6 +535,8 @@ async fn history_stays_linearizable_through_partitions_kills_and_a_wiped_node() 
         acknowledged > 50,
         "too few operations succeeded to mean anything: {acknowledged}"
     );
+    let checking = Instant::now();
     let anomalies = check(&history);
+    eprintln!("fault test: history checked in {:?}", checking.elapsed());
     assert!(anomalies.is_empty(), "anomalies: {anomalies:#?}");
 }
