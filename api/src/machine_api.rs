@@ -15,6 +15,11 @@
 //! | confirm a `try` | `POST /v1/machineconfig/confirm` | admin |
 //! | reboot | `POST /v1/reboot` | operator |
 //! | shutdown | `POST /v1/shutdown` | admin |
+//! | bootstrap the store | `POST /v1/store/bootstrap` | admin |
+//! | store members | `GET /v1/store/members` | reader |
+//! | remove a member | `POST /v1/store/members/{id}/remove` | admin |
+//! | read keys (debug) | `GET /v1/store/kv?key=` or `?prefix=` | admin |
+//! | write a key (debug) | `POST /v1/store/kv` ([`KvPut`]) | admin |
 //!
 //! In maintenance mode (no config yet) the node serves only version, health and one
 //! insecure apply, over TLS with a self-signed certificate and no client certificate.
@@ -45,11 +50,19 @@ pub mod paths {
     pub const REBOOT: &str = "/v1/reboot";
     /// Shutdown.
     pub const SHUTDOWN: &str = "/v1/shutdown";
+    /// Bootstrap the store.
+    pub const STORE_BOOTSTRAP: &str = "/v1/store/bootstrap";
+    /// Store members.
+    pub const STORE_MEMBERS: &str = "/v1/store/members";
+    /// Store keys (debug access).
+    pub const STORE_KV: &str = "/v1/store/kv";
 }
 
 /// The least role each call needs.
 pub fn required_role(method: &str, path: &str) -> Role {
     match (method, path) {
+        // Raw store contents include secrets.
+        ("GET", p) if p.starts_with(paths::STORE_KV) => Role::Admin,
         ("GET", _) => Role::Reader,
         ("POST", paths::REBOOT) => Role::Operator,
         ("POST", p) if p.starts_with(paths::SERVICES) && p.ends_with("/restart") => Role::Operator,
@@ -220,6 +233,70 @@ pub struct ApplyResponse {
     /// For `try`: seconds before the rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_in_secs: Option<u64>,
+}
+
+/// One member of the replicated store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMember {
+    /// Its Raft id.
+    pub id: u64,
+    /// Its Raft address.
+    pub addr: String,
+    /// Voter or learner.
+    pub voter: bool,
+    /// The last log index the leader knows it has (only from the leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
+}
+
+/// `GET /v1/store/members`: the group as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMembers {
+    /// The answering node's id.
+    pub this: u64,
+    /// The leader, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    /// The current term.
+    pub term: u64,
+    /// The last applied log index on the answering node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<u64>,
+    /// The answering node's role: leader, follower, candidate or learner.
+    pub state: String,
+    /// The store's revision on the answering node.
+    pub revision: u64,
+    /// The members.
+    pub members: Vec<StoreMember>,
+}
+
+/// `POST /v1/store/kv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvPut {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// A key as the debug reads return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value (lossy UTF-8).
+    pub value: String,
+    /// The revision of its last write.
+    pub mod_revision: u64,
+}
+
+/// `GET /v1/store/kv` and `POST /v1/store/kv` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvList {
+    /// The store's revision seen.
+    pub revision: u64,
+    /// The keys.
+    pub entries: Vec<KvEntry>,
 }
 
 /// A plain acknowledgement.

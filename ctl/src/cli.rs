@@ -116,6 +116,47 @@ pub enum Command {
     /// Local clusters of Cairn VMs under QEMU.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Start the replicated store on this control plane (once per cluster).
+    Bootstrap,
+    /// The replicated store's members as the nodes see them.
+    Members {
+        /// What to do.
+        #[command(subcommand)]
+        action: Option<MembersCommand>,
+    },
+    /// Read or write store keys directly (debugging; admin only).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `cairnctl members …`.
+#[derive(Subcommand, Debug)]
+pub enum MembersCommand {
+    /// Remove a member (by id) from the store group.
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
+}
+
+/// `cairnctl store …`.
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Read one key, or every key with `--prefix`.
+    Get {
+        /// The key (or prefix).
+        key: String,
+        /// Treat the key as a prefix.
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Write a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
 }
 
 /// `cairnctl gen …`.

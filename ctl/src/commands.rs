@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use cairn_api::machine_api::{
-    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, Persistence, ServiceInfo, VersionInfo,
-    paths,
+    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, KvList, KvPut, Persistence, ServiceInfo,
+    StoreMembers, VersionInfo, paths,
 };
 use cairn_api::machine_config::MachineConfig;
 use futures::future::join_all;
 
-use crate::cli::{Command, GetCommand, Global, Output, ServiceCommand};
+use crate::cli::{
+    Command, GetCommand, Global, MembersCommand, Output, ServiceCommand, StoreCommand,
+};
 use crate::client::{ClientError, NodeClient};
 use crate::output::{Table, print};
 use crate::settings;
@@ -71,6 +73,28 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
         Command::ConfirmConfig => acks(&clients, paths::CONFIRM).await,
         Command::Reboot => acks(&clients, paths::REBOOT).await,
         Command::Shutdown => acks(&clients, paths::SHUTDOWN).await,
+        Command::Bootstrap => acks(&clients, paths::STORE_BOOTSTRAP).await,
+        Command::Members { action: None } => members(global.output, &clients).await,
+        Command::Members {
+            action: Some(MembersCommand::Remove { id }),
+        } => acks(&clients, &format!("/v1/store/members/{id}/remove")).await,
+        Command::Store(StoreCommand::Get { key, prefix }) => {
+            let parameter = if prefix { "prefix" } else { "key" };
+            let path = format!("{}?{parameter}={}", paths::STORE_KV, encode_query(&key));
+            kv(global.output, &clients, |c| {
+                let path = path.clone();
+                async move { c.get::<KvList>(&path).await }
+            })
+            .await
+        }
+        Command::Store(StoreCommand::Put { key, value }) => {
+            let put = KvPut { key, value };
+            kv(global.output, &clients, |c| {
+                let put = put.clone();
+                async move { c.post::<_, KvList>(paths::STORE_KV, &put).await }
+            })
+            .await
+        }
         Command::Gen(_) | Command::Validate { .. } | Command::Cluster(_) => {
             bail!("not a node command")
         }
@@ -276,4 +300,80 @@ async fn apply(
         table.render()
     })?;
     Ok(ok)
+}
+
+async fn members(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<StoreMembers>(paths::STORE_MEMBERS)).await;
+    print(format, &by_node(&results), || {
+        let mut table = Table::new(&[
+            "NODE", "ID", "ADDRESS", "ROLE", "LEADER", "TERM", "APPLIED", "MATCHED",
+        ]);
+        for (node, view) in &results {
+            for member in &view.members {
+                let role = if member.voter { "voter" } else { "learner" };
+                let this = if member.id == view.this {
+                    format!("{} (this)", member.id)
+                } else {
+                    member.id.to_string()
+                };
+                table.row(vec![
+                    (*node).to_owned(),
+                    this,
+                    member.addr.clone(),
+                    role.to_owned(),
+                    if view.leader == Some(member.id) {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                    .to_owned(),
+                    view.term.to_string(),
+                    if member.id == view.this {
+                        view.applied.map(|a| a.to_string()).unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    member.matched.map(|m| m.to_string()).unwrap_or_default(),
+                ]);
+            }
+        }
+        table.render()
+    })?;
+    Ok(ok)
+}
+
+async fn kv<'a, F, Fut>(format: Output, clients: &'a [NodeClient], call: F) -> anyhow::Result<bool>
+where
+    F: Fn(&'a NodeClient) -> Fut,
+    Fut: std::future::Future<Output = Result<KvList, ClientError>>,
+{
+    let (results, ok) = each(clients, call).await;
+    print(format, &by_node(&results), || {
+        let mut table = Table::new(&["NODE", "KEY", "VALUE", "REVISION"]);
+        for (node, list) in &results {
+            for entry in &list.entries {
+                table.row(vec![
+                    (*node).to_owned(),
+                    entry.key.clone(),
+                    entry.value.clone(),
+                    entry.mod_revision.to_string(),
+                ]);
+            }
+        }
+        table.render()
+    })?;
+    Ok(ok)
+}
+
+/// Percent-encodes a query value.
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

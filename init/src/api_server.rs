@@ -168,6 +168,8 @@ pub struct NodeContext {
     pub tls: TlsState,
     /// Where to listen.
     pub listen: SocketAddr,
+    /// The replicated store, on control planes.
+    pub store: crate::services::store::StoreHandle,
 }
 
 /// Who is calling: from the client certificate.
@@ -263,6 +265,10 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route(paths::CONFIRM, post(confirm))
         .route(paths::REBOOT, post(reboot))
         .route(paths::SHUTDOWN, post(shutdown))
+        .route(paths::STORE_BOOTSTRAP, post(store_bootstrap))
+        .route(paths::STORE_MEMBERS, get(store_members))
+        .route("/v1/store/members/{id}/remove", post(store_remove))
+        .route(paths::STORE_KV, get(store_get).post(store_put))
         .layer(middleware::from_fn(authorize))
         .with_state(ctx)
 }
@@ -505,6 +511,167 @@ async fn shutdown(
     Extension(identity): Extension<Identity>,
 ) -> Response {
     power(&ctx, PowerAction::PowerOff, &identity)
+}
+
+fn store_node(ctx: &NodeContext) -> Result<Arc<cairn_store::node::StoreNode>, Box<Response>> {
+    ctx.store.get().ok_or_else(|| {
+        Box::new(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store does not run on this node (it runs on control planes once booted)",
+            Vec::new(),
+        ))
+    })
+}
+
+fn store_error(err: cairn_store::protocol::ClientError) -> Response {
+    use cairn_store::protocol::ClientError;
+    let status = match &err {
+        ClientError::Refused(_) => StatusCode::CONFLICT,
+        ClientError::Store(_) => StatusCode::BAD_REQUEST,
+        ClientError::NoLeader(_) | ClientError::NotSent(_) | ClientError::Unavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    error_response(status, err.to_string(), Vec::new())
+}
+
+async fn store_bootstrap(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let node = match store_node(&ctx) {
+        Ok(node) => node,
+        Err(response) => return *response,
+    };
+    match node.bootstrap().await {
+        Ok(()) => Json(Ack {
+            message: format!(
+                "store bootstrapped with node {} as its first member",
+                node.id()
+            ),
+        })
+        .into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn store_members(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let node = match store_node(&ctx) {
+        Ok(node) => node,
+        Err(response) => return *response,
+    };
+    let members = node.members();
+    let revision = node.revisions().map(|(r, _)| r).unwrap_or(0);
+    Json(cairn_api::machine_api::StoreMembers {
+        this: members.this,
+        leader: members.leader,
+        term: members.term,
+        applied: members.applied,
+        state: members.state,
+        revision,
+        members: members
+            .members
+            .into_iter()
+            .map(|m| cairn_api::machine_api::StoreMember {
+                id: m.id,
+                addr: m.addr,
+                voter: m.voter,
+                matched: m.matched,
+            })
+            .collect(),
+    })
+    .into_response()
+}
+
+async fn store_remove(State(ctx): State<Arc<NodeContext>>, UrlPath(id): UrlPath<u64>) -> Response {
+    let node = match store_node(&ctx) {
+        Ok(node) => node,
+        Err(response) => return *response,
+    };
+    match node
+        .client(cairn_store::protocol::ClientRequest::Remove { id }, true)
+        .await
+    {
+        Ok(_) => Json(Ack {
+            message: format!("store member {id} removed"),
+        })
+        .into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+/// `?key=` or `?prefix=`.
+#[derive(serde::Deserialize)]
+pub struct KvQuery {
+    /// One key.
+    pub key: Option<String>,
+    /// Every key with this prefix.
+    pub prefix: Option<String>,
+}
+
+fn kv_list(response: cairn_store::types::RangeResponse) -> cairn_api::machine_api::KvList {
+    cairn_api::machine_api::KvList {
+        revision: response.revision,
+        entries: response
+            .kvs
+            .into_iter()
+            .map(|kv| cairn_api::machine_api::KvEntry {
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                value: String::from_utf8_lossy(&kv.value).into_owned(),
+                mod_revision: kv.mod_revision,
+            })
+            .collect(),
+    }
+}
+
+async fn store_get(State(ctx): State<Arc<NodeContext>>, Query(query): Query<KvQuery>) -> Response {
+    let node = match store_node(&ctx) {
+        Ok(node) => node,
+        Err(response) => return *response,
+    };
+    let range = match (query.key, query.prefix) {
+        (Some(key), None) => cairn_store::types::RangeRequest::key(key),
+        (None, Some(prefix)) => cairn_store::types::RangeRequest::prefix(prefix),
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of key= and prefix=",
+                Vec::new(),
+            );
+        }
+    };
+    match node.read(range, true).await {
+        Ok(response) => Json(kv_list(response)).into_response(),
+        Err(err) => store_error(err),
+    }
+}
+
+async fn store_put(
+    State(ctx): State<Arc<NodeContext>>,
+    Json(put): Json<cairn_api::machine_api::KvPut>,
+) -> Response {
+    let node = match store_node(&ctx) {
+        Ok(node) => node,
+        Err(response) => return *response,
+    };
+    let request = cairn_store::types::Request::Txn(cairn_store::types::Txn::put(
+        put.key.clone(),
+        put.value.clone(),
+    ));
+    match node.write(request).await {
+        Ok(cairn_store::types::Response::Txn(t)) => Json(cairn_api::machine_api::KvList {
+            revision: t.revision,
+            entries: vec![cairn_api::machine_api::KvEntry {
+                key: put.key,
+                value: put.value,
+                mod_revision: t.revision,
+            }],
+        })
+        .into_response(),
+        Ok(other) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+            Vec::new(),
+        ),
+        Err(err) => store_error(err),
+    }
 }
 
 /// Accepts TLS connections on `listener` until `stop` fires, serving `router` with the

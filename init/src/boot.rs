@@ -43,6 +43,7 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
+use crate::services::store::{StoreService, StoreSettings};
 use crate::services::{self, UnknownTestService};
 use crate::state_disk::{self, STATE_DIR, StateDiskError};
 use crate::supervisor::{Service, ServiceContext, ServiceError, Supervisor, SupervisorError};
@@ -68,6 +69,8 @@ pub struct NodeOptions {
     pub api_listen: SocketAddr,
     /// Where a hosted node keeps its state (PID 1 finds its state partition).
     pub state_dir: Option<PathBuf>,
+    /// Where the store listens on a control plane.
+    pub store_listen: SocketAddr,
 }
 
 impl Default for NodeOptions {
@@ -77,6 +80,10 @@ impl Default for NodeOptions {
             test_services: Vec::new(),
             api_listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, PORT)),
             state_dir: None,
+            store_listen: SocketAddr::from((
+                std::net::Ipv6Addr::UNSPECIFIED,
+                crate::services::store::STORE_PORT,
+            )),
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct BootContext {
     pub power_requests: mpsc::UnboundedSender<PowerRequest>,
     /// The boot record.
     pub state: NodeState,
+    /// The store, once it runs (control planes).
+    pub store: crate::services::store::StoreHandle,
     /// When the process started.
     pub started: Instant,
 }
@@ -619,6 +628,9 @@ pub enum ServicesPhaseError {
     /// The machine API's TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] crate::api_server::TlsError),
+    /// The store cannot run on this control plane.
+    #[error(transparent)]
+    Store(#[from] crate::services::store::StoreSetupError),
 }
 
 async fn start_machine_api(ctx: &BootContext, settled: &Settled) -> Result<(), ServicesPhaseError> {
@@ -646,6 +658,7 @@ async fn start_machine_api(ctx: &BootContext, settled: &Settled) -> Result<(), S
         persistence: settled.persistence.clone(),
         tls,
         listen: ctx.options.api_listen,
+        store: ctx.store.clone(),
     });
     ctx.supervisor
         .start(Arc::new(MachineApiService::new(node)))?;
@@ -659,6 +672,22 @@ async fn start_services(
     test_services: &[String],
 ) -> Result<(), ServicesPhaseError> {
     start_machine_api(ctx, settled).await?;
+    if settled.config.machine.machine_type == cairn_api::machine_config::MachineType::Controlplane {
+        let state_dir = settled.state_dir.clone().unwrap_or_else(|| match ctx.host {
+            // Without a disk the store lives in RAM, like the rest of an ephemeral node.
+            Host::Pid1 { .. } => PathBuf::from("/run/cairn"),
+            Host::Hosted => std::env::temp_dir().join(format!("cairn-node-{}", std::process::id())),
+        });
+        let names = live::node_names(&settled.config, &ctx.host).await;
+        let settings = StoreSettings::from_config(
+            &settled.config,
+            &state_dir,
+            ctx.options.store_listen,
+            names,
+        )?;
+        ctx.supervisor
+            .start(Arc::new(StoreService::new(settings, ctx.store.clone())))?;
+    }
     if !leases.is_empty() {
         ctx.supervisor.start(Arc::new(DhcpService {
             leases: std::sync::Mutex::new(leases),

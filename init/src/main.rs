@@ -32,6 +32,9 @@ enum Command {
         /// Where to keep the accepted config across restarts (ephemeral without).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Where the replicated store listens (control planes).
+        #[arg(long, default_value = "[::]:50001")]
+        store_listen: std::net::SocketAddr,
         /// Also run a test service (crashloop, orphans); repeatable.
         #[arg(long = "test-service")]
         test_services: Vec<String>,
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
             config,
             api_listen,
             state_dir,
+            store_listen,
             test_services,
             log,
         } => run_hosted_node(
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
                 test_services,
                 api_listen,
                 state_dir,
+                store_listen,
             },
             &log,
         ),

@@ -44,6 +44,7 @@ pub async fn run(
         supervisor: supervisor.clone(),
         power_requests: power_tx,
         state: state.clone(),
+        store: crate::services::store::StoreHandle::default(),
         started,
     };
 

@@ -49,6 +49,9 @@ pub struct NodeOptions {
     pub token: String,
     /// Raft timing and snapshot settings.
     pub raft: Config,
+    /// Addresses of the other nodes meant to be in the group (asked before a
+    /// bootstrap, so that a second one is refused).
+    pub peers: Vec<String>,
 }
 
 /// Raft settings for nodes on a LAN or in VMs: 200 ms heartbeats, elections after
@@ -100,6 +103,7 @@ pub struct Members {
 pub struct StoreNode {
     id: NodeId,
     addr: String,
+    known_peers: Vec<String>,
     token: String,
     raft: Raft,
     state: StateMachine,
@@ -131,6 +135,7 @@ impl StoreNode {
         Ok(Arc::new(Self {
             id: options.id,
             addr: options.addr,
+            known_peers: options.peers,
             token: options.token,
             raft,
             state,
@@ -148,8 +153,29 @@ impl StoreNode {
         &self.raft
     }
 
-    /// Makes this node a one-member group. Refused if it is already in a group.
+    /// Makes this node a one-member group. Refused if it is already in a group, or if
+    /// any peer it can reach already is (it must join that group instead). Peers that
+    /// cannot be reached are not asked.
     pub async fn bootstrap(&self) -> Result<(), ClientError> {
+        for peer in &self.known_peers {
+            let answer = self
+                .peers
+                .forward(
+                    0,
+                    &BasicNode { addr: peer.clone() },
+                    ClientRequest::Members,
+                    false,
+                )
+                .await;
+            if let Ok(ClientReply::Members(members)) = answer
+                && !members.members.is_empty()
+            {
+                return Err(ClientError::Refused(format!(
+                    "{peer} already belongs to a store group (leader {:?}); this node joins it instead of bootstrapping",
+                    members.leader
+                )));
+            }
+        }
         let members = BTreeMap::from([(
             self.id,
             BasicNode {

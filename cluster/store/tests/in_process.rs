@@ -36,6 +36,7 @@ fn options(id: u64, dir: &tempfile::TempDir, snapshot_every: u64) -> NodeOptions
         dir: dir.path().to_owned(),
         token: TOKEN.into(),
         raft,
+        peers: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::supervisor::Service;
 
 pub mod link_monitor;
+pub mod store;
 pub mod testing;
 
 /// The services every node runs, in start order.

@@ -91,6 +91,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dir: args.dir.clone(),
             token: args.token.clone(),
             raft,
+            peers: Vec::new(),
         },
         network.clone(),
         Arc::new(network),
