@@ -34,18 +34,30 @@ where
 #[test]
 #[ignore = "boots QEMU: run by cargo xtask test"]
 fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
-    let cluster = Cluster::new("three_control_planes_replicate_and_survive_the_leader_powering_off")
-        .expect("cluster (needs root, QEMU and `cargo xtask image`)");
+    let cluster =
+        Cluster::new("three_control_planes_replicate_and_survive_the_leader_powering_off")
+            .expect("cluster (needs root, QEMU and `cargo xtask image`)");
     let secrets = configs::secrets();
     let addresses = ["10.5.0.2", "10.5.0.3", "10.5.0.4"];
     let vms: Vec<_> = addresses
         .iter()
         .enumerate()
         .map(|(i, address)| {
-            let mut config = configs::node(&secrets, &format!("cp-{}", i + 1), &format!("{address}/24"), true, false);
-            config.cluster.as_mut().unwrap().control_planes = addresses.iter().map(|a| (*a).to_owned()).collect();
+            let mut config = configs::node(
+                &secrets,
+                &format!("cp-{}", i + 1),
+                &format!("{address}/24"),
+                true,
+                false,
+            );
+            config.cluster.as_mut().unwrap().control_planes =
+                addresses.iter().map(|a| (*a).to_owned()).collect();
             cluster
-                .start(VmSpec::new(&format!("cp-{}", i + 1)).config(&configs::yaml(&config)).management())
+                .start(
+                    VmSpec::new(&format!("cp-{}", i + 1))
+                        .config(&configs::yaml(&config))
+                        .management(),
+                )
                 .expect("start")
         })
         .collect();
@@ -56,20 +68,35 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
     let admin = configs::client(&secrets, Role::Admin);
     let leader_id = cluster
         .in_namespace_async(|| async {
-            let clients: Vec<NodeClient> = apis.iter().map(|a| NodeClient::new(a, &admin).unwrap()).collect();
+            let clients: Vec<NodeClient> = apis
+                .iter()
+                .map(|a| NodeClient::new(a, &admin).unwrap())
+                .collect();
             let empty = serde_json::json!({});
-            let _: Ack = eventually("bootstrap", || clients[0].post(paths::STORE_BOOTSTRAP, &empty)).await;
+            let _: Ack = eventually("bootstrap", || {
+                clients[0].post(paths::STORE_BOOTSTRAP, &empty)
+            })
+            .await;
             let members: StoreMembers = eventually("three voters", || async {
                 let m: StoreMembers = clients[0].get(paths::STORE_MEMBERS).await?;
                 if m.members.iter().filter(|x| x.voter).count() == 3 {
                     Ok(m)
                 } else {
-                    Err(ClientError::Protocol { node: "cp-1".into(), reason: format!("{} members", m.members.len()) })
+                    Err(ClientError::Protocol {
+                        node: "cp-1".into(),
+                        reason: format!("{} members", m.members.len()),
+                    })
                 }
             })
             .await;
-            let put = KvPut { key: "/registry/first".into(), value: "one".into() };
-            let _: KvList = eventually("write through a follower", || clients[1].post(paths::STORE_KV, &put)).await;
+            let put = KvPut {
+                key: "/registry/first".into(),
+                value: "one".into(),
+            };
+            let _: KvList = eventually("write through a follower", || {
+                clients[1].post(paths::STORE_KV, &put)
+            })
+            .await;
             let key = format!("{}?key=/registry/first", paths::STORE_KV);
             let read: KvList = eventually("read from the third", || clients[2].get(&key)).await;
             assert_eq!(read.entries[0].value, "one");
@@ -91,23 +118,42 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
         })
         .expect("namespace")
         .expect("the leader is one of the VMs");
-    vms[leader_index].press_power_button().expect("power button");
-    vms[leader_index].wait_exit(BOOT).expect("the leader VM powered off");
-    let survivors: Vec<String> = (0..3).filter(|&i| i != leader_index).map(|i| apis[i].clone()).collect();
+    vms[leader_index]
+        .press_power_button()
+        .expect("power button");
+    vms[leader_index]
+        .wait_exit(BOOT)
+        .expect("the leader VM powered off");
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != leader_index)
+        .map(|i| apis[i].clone())
+        .collect();
     cluster
         .in_namespace_async(|| async {
-            let clients: Vec<NodeClient> = survivors.iter().map(|a| NodeClient::new(a, &admin).unwrap()).collect();
+            let clients: Vec<NodeClient> = survivors
+                .iter()
+                .map(|a| NodeClient::new(a, &admin).unwrap())
+                .collect();
             let members: StoreMembers = eventually("a new leader", || async {
                 let m: StoreMembers = clients[0].get(paths::STORE_MEMBERS).await?;
                 match m.leader {
                     Some(leader) if leader != leader_id => Ok(m),
-                    _ => Err(ClientError::Protocol { node: "survivor".into(), reason: "no new leader yet".into() }),
+                    _ => Err(ClientError::Protocol {
+                        node: "survivor".into(),
+                        reason: "no new leader yet".into(),
+                    }),
                 }
             })
             .await;
             assert_ne!(members.leader, Some(leader_id));
-            let put = KvPut { key: "/registry/second".into(), value: "two".into() };
-            let _: KvList = eventually("a write after the failover", || clients[0].post(paths::STORE_KV, &put)).await;
+            let put = KvPut {
+                key: "/registry/second".into(),
+                value: "two".into(),
+            };
+            let _: KvList = eventually("a write after the failover", || {
+                clients[0].post(paths::STORE_KV, &put)
+            })
+            .await;
             let prefix = format!("{}?prefix=/registry/", paths::STORE_KV);
             let both: KvList = eventually("both keys", || clients[1].get(&prefix)).await;
             let values: Vec<&str> = both.entries.iter().map(|e| e.value.as_str()).collect();
