@@ -131,6 +131,7 @@ impl Secrets {
                 token: self.token.clone(),
                 pod_subnet: None,
                 service_subnet: None,
+                store: None,
             }),
         })
     }

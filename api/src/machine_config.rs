@@ -259,6 +259,42 @@ pub struct ClusterSpec {
     /// The service network; [`DEFAULT_SERVICE_SUBNET`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_subnet: Option<String>,
+    /// The replicated store on the control planes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSpec>,
+}
+
+/// The `cluster.store` section: how the control planes' store keeps history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoreSpec {
+    /// How many revisions of history are kept for reads at a revision and watches
+    /// (older ones are compacted); [`DEFAULT_COMPACTION_WINDOW`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_window: Option<u64>,
+    /// How often the leader compacts, in seconds;
+    /// [`DEFAULT_COMPACTION_INTERVAL_SECONDS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_interval_seconds: Option<u64>,
+}
+
+/// Revisions of history the store keeps when `cluster.store.compactionWindow` is absent.
+pub const DEFAULT_COMPACTION_WINDOW: u64 = 10_000;
+/// Seconds between compactions when `cluster.store.compactionIntervalSeconds` is absent
+/// (what the Kubernetes API server asks of etcd: every five minutes).
+pub const DEFAULT_COMPACTION_INTERVAL_SECONDS: u64 = 300;
+
+impl StoreSpec {
+    /// The window, defaulted.
+    pub fn compaction_window(&self) -> u64 {
+        self.compaction_window.unwrap_or(DEFAULT_COMPACTION_WINDOW)
+    }
+
+    /// The interval, defaulted.
+    pub fn compaction_interval_seconds(&self) -> u64 {
+        self.compaction_interval_seconds
+            .unwrap_or(DEFAULT_COMPACTION_INTERVAL_SECONDS)
+    }
 }
 
 /// How an interface is found among the machine's links.
@@ -446,6 +482,20 @@ impl MachineConfig {
                 problems.push(FieldError::new(
                     format!("cluster.controlPlanes[{i}]"),
                     format!("{address:?} is neither an IP address nor a DNS name"),
+                ));
+            }
+        }
+        if let Some(store) = &cluster.store {
+            if store.compaction_window == Some(0) {
+                problems.push(FieldError::new(
+                    "cluster.store.compactionWindow",
+                    "must keep at least 1 revision",
+                ));
+            }
+            if store.compaction_interval_seconds == Some(0) {
+                problems.push(FieldError::new(
+                    "cluster.store.compactionIntervalSeconds",
+                    "must be at least 1 second",
                 ));
             }
         }
@@ -974,6 +1024,26 @@ mod tests {
         assert!(text.contains(
             "machine.network.interfaces[0].addresses[1]: \"10.0.0.300/24\" is not an IP prefix"
         ));
+    }
+
+    #[test]
+    fn a_store_that_keeps_no_history_is_refused() {
+        let mut config = valid();
+        config.cluster.as_mut().unwrap().store = Some(StoreSpec {
+            compaction_window: Some(0),
+            compaction_interval_seconds: Some(0),
+        });
+        assert_eq!(
+            paths_of(&config),
+            [
+                "cluster.store.compactionWindow",
+                "cluster.store.compactionIntervalSeconds"
+            ]
+        );
+        let yaml = "compactionWindow: 500\ncompactionIntervalSeconds: 60\n";
+        let spec: StoreSpec = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(spec.compaction_window(), 500);
+        assert_eq!(StoreSpec::default().compaction_interval_seconds(), 300);
     }
 
     #[test]

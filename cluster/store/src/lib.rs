@@ -7,10 +7,12 @@
 //! - [`node`]: a running node (writes through the leader, reads, watches, membership);
 //! - [`protocol`]: the messages between nodes and clients, framed;
 //! - [`tcp`]: the real network, frames over TCP with mutual TLS, and a client;
+//!   forwarded requests share one multiplexed connection per peer (`mux`);
 //! - [`memnet`]: an in-memory network for in-process tests.
 
 pub mod log_store;
 pub mod memnet;
+mod mux;
 pub mod mvcc;
 pub mod node;
 pub mod protocol;

@@ -118,14 +118,34 @@ fn holds(record: Option<&Record>, target: &CompareTarget, result: CompareResult)
     }
 }
 
-/// Applies one write request inside `txn`; returns the answer and the events of the
-/// new revision (empty when nothing changed).
+/// The events of each revision a request made, in order.
+pub type Revisions = Vec<(u64, Vec<Event>)>;
+
+/// Applies one write request inside `txn`; returns the answer and, for each revision
+/// it made, that revision's events (a batch makes one per write that changed something).
 pub fn apply(
     txn: &WriteTransaction,
     request: &Request,
-) -> Result<(Response, Vec<Event>), StoreError> {
+) -> Result<(Response, Revisions), StoreError> {
     match request {
-        Request::Txn(t) => apply_txn(txn, t),
+        Request::Txn(t) => {
+            let (response, events) = apply_txn(txn, t)?;
+            let revisions = match (&response, events.is_empty()) {
+                (Response::Txn(t), false) => vec![(t.revision, events)],
+                _ => Vec::new(),
+            };
+            Ok((response, revisions))
+        }
+        Request::Batch(requests) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            let mut revisions = Vec::new();
+            for request in requests {
+                let (response, made) = apply(txn, request)?;
+                responses.push(response);
+                revisions.extend(made);
+            }
+            Ok((Response::Batch(responses), revisions))
+        }
         Request::Compact { revision } => {
             let compacted = compact(txn, *revision)?;
             Ok((
@@ -563,6 +583,35 @@ mod tests {
             Response::Txn(t) => t,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_batch_applies_each_write_as_if_alone_with_its_own_revision() {
+        let (_dir, db) = db();
+        let txn = db.begin_write().unwrap();
+        let batch = Request::Batch(vec![
+            Request::Txn(Txn::create("/a", "1")),
+            // Refused: /a now exists. Makes no revision, changes nothing.
+            Request::Txn(Txn::create("/a", "2")),
+            Request::Txn(Txn::put("/b", "3")),
+        ]);
+        let (response, revisions) = apply(&txn, &batch).unwrap();
+        txn.commit().unwrap();
+        let Response::Batch(answers) = response else {
+            panic!("a batch is answered by a batch");
+        };
+        let answers: Vec<TxnResponse> = answers.into_iter().map(txn_response).collect();
+        assert_eq!(
+            answers
+                .iter()
+                .map(|a| (a.succeeded, a.revision))
+                .collect::<Vec<_>>(),
+            [(true, 1), (false, 1), (true, 2)]
+        );
+        let made: Vec<u64> = revisions.iter().map(|(r, _)| *r).collect();
+        assert_eq!(made, [1, 2], "one event group per revision made");
+        let read = Reader::new(&db).range(&RangeRequest::key("/a")).unwrap();
+        assert_eq!(read.kvs[0].value, b"1");
     }
 
     #[test]

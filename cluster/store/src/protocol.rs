@@ -30,6 +30,16 @@ pub enum Rpc {
     Client(ClientRequest),
     /// A client's request forwarded by another node (never forwarded again).
     Forwarded(ClientRequest),
+    /// A client request on a multiplexed connection: served concurrently with the
+    /// others on it, answered by [`Reply::Multiplexed`] with the same id.
+    Multiplexed {
+        /// Chosen by the sender, unique on the connection.
+        id: u64,
+        /// The request.
+        request: ClientRequest,
+        /// Whether the receiver may forward it again (to its leader).
+        onward: bool,
+    },
 }
 
 /// The answer to an [`Rpc`].
@@ -46,6 +56,13 @@ pub enum Reply {
     ),
     /// To a client request.
     Client(Result<ClientReply, ClientError>),
+    /// To [`Rpc::Multiplexed`].
+    Multiplexed {
+        /// The request's id.
+        id: u64,
+        /// Its answer.
+        result: Result<ClientReply, ClientError>,
+    },
 }
 
 /// What clients (and nodes forwarding for them) ask.

@@ -3,7 +3,8 @@
 //! a broken connection is dropped and redialled on the next call; a malformed or
 //! oversized frame closes that connection with a logged reason, and nothing else.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -23,6 +24,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::mux::Mux;
 use crate::node::{Peers, StoreNode};
 use crate::protocol::{
     ClientError, ClientReply, ClientRequest, FrameError, Reply, Rpc, read_frame, write_frame,
@@ -31,6 +33,10 @@ use crate::raft_types::{NodeId, TypeConfig};
 
 /// How long dialling and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Multiplexed requests one connection may have in flight on the serving side;
+/// reading more waits for some to finish.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 1024;
 
 /// The node's TLS identity for the store network.
 pub struct TransportTls {
@@ -55,7 +61,8 @@ impl TransportTls {
     }
 }
 
-type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A client-side TLS connection.
+pub(crate) type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Why a call to another node failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +123,8 @@ impl Connection {
         socket.connect(target).await
     }
 
-    async fn dial(&self) -> Result<Stream, CallError> {
+    /// Dials and completes the TLS handshake.
+    pub(crate) async fn dial(&self) -> Result<Stream, CallError> {
         let unreachable = |reason: String| CallError::Unreachable {
             addr: self.addr.clone(),
             reason,
@@ -144,6 +152,14 @@ impl Connection {
         .await
         .map_err(|_| unreachable("TLS handshake timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))
+    }
+
+    /// Dials now (if not connected yet) rather than on the first call.
+    pub async fn connect(&mut self) -> Result<(), CallError> {
+        if self.stream.is_none() {
+            self.stream = Some(self.dial().await?);
+        }
+        Ok(())
     }
 
     /// Sends one message and waits for its answer within `deadline`.
@@ -179,6 +195,8 @@ impl Connection {
 #[derive(Clone)]
 pub struct TcpNetwork {
     tls: Arc<TransportTls>,
+    /// Multiplexed connections for forwarded requests, by peer address.
+    forwarding: Arc<Mutex<HashMap<String, Arc<Mux>>>>,
     /// Deadline of forwarded client requests.
     pub forward_timeout: Duration,
 }
@@ -188,6 +206,7 @@ impl TcpNetwork {
     pub fn new(tls: Arc<TransportTls>) -> Self {
         Self {
             tls,
+            forwarding: Arc::default(),
             forward_timeout: Duration::from_secs(10),
         }
     }
@@ -212,23 +231,19 @@ impl Peers for TcpNetwork {
         request: ClientRequest,
         onward: bool,
     ) -> BoxFuture<'static, Result<ClientReply, ClientError>> {
-        let mut connection = Connection::new(&node.addr, &self.tls);
-        let deadline = self.forward_timeout;
-        let rpc = if onward {
-            Rpc::Client(request)
-        } else {
-            Rpc::Forwarded(request)
+        let mux = {
+            let mut forwarding = self
+                .forwarding
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(
+                forwarding
+                    .entry(node.addr.clone())
+                    .or_insert_with(|| Arc::new(Mux::new(&node.addr, Arc::clone(&self.tls)))),
+            )
         };
-        async move {
-            match connection.call(&rpc, deadline).await {
-                Ok(Reply::Client(result)) => result,
-                Ok(other) => Err(ClientError::Unavailable(format!(
-                    "unexpected reply {other:?}"
-                ))),
-                Err(err) => Err(client_error(err)),
-            }
-        }
-        .boxed()
+        let deadline = self.forward_timeout;
+        async move { mux.call(request, onward, deadline).await }.boxed()
     }
 }
 
@@ -335,8 +350,7 @@ pub async fn serve(
         let node = Arc::clone(&node);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(err)) => {
                     info!(%peer, error = %err, "store: TLS handshake refused");
@@ -353,10 +367,13 @@ pub async fn serve(
                 info!(%peer, ?organizations, "store: refused a certificate that is not a node's");
                 return;
             }
+            let (mut reader, writer) = tokio::io::split(stream);
+            let writer = Arc::new(tokio::sync::Mutex::new(writer));
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
             loop {
                 let rpc = tokio::select! {
                     () = stop.cancelled() => return,
-                    read = read_frame::<_, Rpc>(&mut stream) => read,
+                    read = read_frame::<_, Rpc>(&mut reader) => read,
                 };
                 let rpc = match rpc {
                     Ok(Some(rpc)) => rpc,
@@ -366,8 +383,24 @@ pub async fn serve(
                         return;
                     }
                 };
+                if matches!(rpc, Rpc::Multiplexed { .. }) {
+                    // Served concurrently; answered whenever it is done.
+                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                        return;
+                    };
+                    let node = Arc::clone(&node);
+                    let writer = Arc::clone(&writer);
+                    tokio::spawn(async move {
+                        let reply = node.handle(rpc).await;
+                        if let Err(err) = write_frame(&mut *writer.lock().await, &reply).await {
+                            debug!(%peer, error = %err, "store: reply not delivered");
+                        }
+                        drop(permit);
+                    });
+                    continue;
+                }
                 let reply = node.handle(rpc).await;
-                if let Err(err) = write_frame(&mut stream, &reply).await {
+                if let Err(err) = write_frame(&mut *writer.lock().await, &reply).await {
                     debug!(%peer, error = %err, "store: reply not delivered");
                     return;
                 }

@@ -28,6 +28,29 @@ pub enum Request {
         /// The oldest revision reads and watches may still ask for.
         revision: u64,
     },
+    /// Writes the leader proposes together as one log entry (one append and one fsync
+    /// for all): applied in order, each as if proposed alone, each answered alone.
+    Batch(Vec<Request>),
+}
+
+impl Request {
+    /// Roughly how many bytes it takes in the log (keys and values).
+    pub fn weight(&self) -> usize {
+        let op = |op: &Op| match op {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix } => prefix.len(),
+        };
+        match self {
+            Request::Txn(t) => {
+                t.compare.iter().map(|c| c.key.len()).sum::<usize>()
+                    + t.success.iter().map(op).sum::<usize>()
+                    + t.failure.iter().map(op).sum::<usize>()
+            }
+            Request::Compact { .. } => 8,
+            Request::Batch(requests) => requests.iter().map(Request::weight).sum(),
+        }
+    }
 }
 
 /// An atomic compare-and-apply.
@@ -166,6 +189,8 @@ pub enum Response {
         /// The revision history now starts at.
         revision: u64,
     },
+    /// The answers to a [`Request::Batch`], in its order.
+    Batch(Vec<Response>),
     /// Nothing to answer (Raft's own entries).
     #[default]
     None,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cairn_store::StoreError;
 use cairn_store::memnet::MemNetwork;
-use cairn_store::node::{NodeOptions, StoreNode, default_raft_config};
+use cairn_store::node::{CompactionPolicy, NodeOptions, StoreNode, default_raft_config};
 use cairn_store::protocol::ClientError;
 use cairn_store::types::{EventKind, RangeRequest, Request, Response, Txn};
 use openraft::{BasicNode, SnapshotPolicy};
@@ -23,7 +23,12 @@ struct Cluster {
     nodes: Vec<Arc<StoreNode>>,
 }
 
-fn options(id: u64, dir: &tempfile::TempDir, snapshot_every: u64) -> NodeOptions {
+fn options(
+    id: u64,
+    dir: &tempfile::TempDir,
+    snapshot_every: u64,
+    compaction: Option<CompactionPolicy>,
+) -> NodeOptions {
     let mut raft = default_raft_config();
     raft.heartbeat_interval = 50;
     raft.election_timeout_min = 300;
@@ -37,17 +42,22 @@ fn options(id: u64, dir: &tempfile::TempDir, snapshot_every: u64) -> NodeOptions
         token: TOKEN.into(),
         raft,
         peers: Vec::new(),
+        compaction,
     }
 }
 
 async fn cluster(snapshot_every: u64) -> Cluster {
+    cluster_with(snapshot_every, None).await
+}
+
+async fn cluster_with(snapshot_every: u64, compaction: Option<CompactionPolicy>) -> Cluster {
     let network = MemNetwork::new();
     let mut dirs = Vec::new();
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let dir = tempfile::tempdir().unwrap();
         let node = StoreNode::start(
-            options(id, &dir, snapshot_every),
+            options(id, &dir, snapshot_every, compaction),
             network.factory(id),
             network.peers(id),
         )
@@ -160,9 +170,17 @@ async fn a_lagging_node_catches_up_from_a_snapshot() {
             .await
             .unwrap();
     }
-    let leader_metrics = cluster.nodes[0].raft().metrics().borrow().clone();
+    // Snapshots are built and the log purged in the background: wait for it.
+    let mut purged = None;
+    for _ in 0..400 {
+        purged = cluster.nodes[0].raft().metrics().borrow().purged;
+        if purged.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     assert!(
-        leader_metrics.purged.is_some(),
+        purged.is_some(),
         "the leader purged its log behind a snapshot"
     );
     cluster.network.heal();
@@ -247,7 +265,7 @@ async fn bootstrap_happens_once_and_joining_needs_the_token() {
         Err(ClientError::Refused(_))
     ));
     let dir = tempfile::tempdir().unwrap();
-    let mut stranger_options = options(9, &dir, 5000);
+    let mut stranger_options = options(9, &dir, 5000, None);
     stranger_options.token = "wrong0.wrongwrongwrong00".into();
     let stranger = StoreNode::start(
         stranger_options,
@@ -305,4 +323,43 @@ async fn a_partitioned_minority_serves_stale_reads_but_no_linearizable_ones() {
         !matches!(write, Ok(Ok(_))),
         "an isolated node must not accept a write: {write:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_history_beyond_the_configured_window() {
+    let cluster = cluster_with(
+        5000,
+        Some(CompactionPolicy {
+            window: 5,
+            interval: Duration::from_millis(100),
+        }),
+    )
+    .await;
+    for i in 0..20 {
+        cluster.nodes[1]
+            .write(Request::Txn(Txn::put("/k", format!("v{i}"))))
+            .await
+            .unwrap();
+    }
+    let current = cluster.nodes[0].revisions().unwrap().0;
+    // Every member applies the leader's compaction: history keeps the last 5 revisions.
+    for node in &cluster.nodes {
+        let mut compacted = 0;
+        for _ in 0..200 {
+            compacted = node.revisions().unwrap().1;
+            if compacted == current - 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(compacted, current - 5, "node {}", node.id());
+        assert!(matches!(
+            node.watch(b"/k".to_vec(), None, current - 6),
+            Err(StoreError::Compacted { .. })
+        ));
+        let mut inside = RangeRequest::key("/k");
+        inside.revision = Some(current - 5);
+        let read = node.read(inside, false).await.unwrap();
+        assert_eq!(read.kvs.len(), 1, "revisions in the window stay readable");
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cairn_api::MachineConfig;
 use cairn_api::pki::Ca;
-use cairn_store::node::{NodeOptions, StoreNode, default_raft_config};
+use cairn_store::node::{CompactionPolicy, NodeOptions, StoreNode, default_raft_config};
 use cairn_store::tcp::{TcpNetwork, TransportTls, serve};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -61,6 +61,8 @@ pub struct StoreSettings {
     pub ca_key: String,
     /// This node's names for the certificate.
     pub names: Vec<String>,
+    /// History kept when the leader compacts (`cluster.store`).
+    pub compaction: CompactionPolicy,
 }
 
 /// Why the store cannot run on this node.
@@ -117,6 +119,13 @@ impl StoreSettings {
             ca_cert: config.machine.certs.ca.crt.clone(),
             ca_key,
             names,
+            compaction: {
+                let store = cluster.store.clone().unwrap_or_default();
+                CompactionPolicy {
+                    window: store.compaction_window(),
+                    interval: std::time::Duration::from_secs(store.compaction_interval_seconds()),
+                }
+            },
         })
     }
 }
@@ -196,6 +205,7 @@ impl Service for StoreService {
                     token: settings.token.clone(),
                     raft: default_raft_config(),
                     peers: settings.join.clone(),
+                    compaction: Some(settings.compaction),
                 },
                 network.clone(),
                 Arc::new(network),

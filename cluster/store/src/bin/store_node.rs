@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cairn_store::node::{NodeOptions, StoreNode, default_raft_config};
+use cairn_store::node::{CompactionPolicy, NodeOptions, StoreNode, default_raft_config};
 use cairn_store::tcp::{TcpNetwork, TransportTls, serve};
 use clap::Parser;
 use openraft::BasicNode;
@@ -53,6 +53,16 @@ struct Args {
     /// Raft heartbeat interval, ms (elections after 5 to 10 of them).
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many log entries
+    /// (default: the store's default).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Revisions of history the leader keeps when it compacts (0: never compacts).
+    #[arg(long, default_value_t = 10_000)]
+    compaction_window: u64,
+    /// How often the leader compacts, in seconds.
+    #[arg(long, default_value_t = 300)]
+    compaction_interval_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +90,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     raft.heartbeat_interval = args.heartbeat_ms;
     raft.election_timeout_min = args.heartbeat_ms * 5;
     raft.election_timeout_max = args.heartbeat_ms * 10;
+    if let Some(every) = args.snapshot_every {
+        raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(every);
+    }
     let advertise = args
         .advertise
         .clone()
@@ -92,6 +105,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             token: args.token.clone(),
             raft,
             peers: Vec::new(),
+            compaction: (args.compaction_window > 0).then(|| CompactionPolicy {
+                window: args.compaction_window,
+                interval: Duration::from_secs(args.compaction_interval_secs.max(1)),
+            }),
         },
         network.clone(),
         Arc::new(network),

@@ -185,6 +185,8 @@ impl Cluster {
             .arg("--key")
             .arg(self.pki.dir.join("node.key"))
             .args(["--token", TOKEN, "--heartbeat-ms", "100"])
+            // Frequent snapshots: the wiped node catches up from one, under faults.
+            .args(["--snapshot-every", "500"])
             .stdout(Stdio::piped())
             .stderr(
                 std::fs::File::create(self.root.path().join(format!(
