@@ -24,12 +24,19 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The replicated store against etcd 3.4 under the same load.
+    Store {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 /// Runs a benchmark.
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Boot { runs } => boot(runs),
+        Which::Store { seconds } => crate::bench_store::run(seconds),
     }
 }
 

@@ -33,13 +33,14 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs the missing Debian packages (apt-get update first, once).
+/// Installs the missing Debian packages the build and tests need.
 pub fn ensure() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    ensure_packages(DEBIAN_PACKAGES)
+}
+
+/// Installs whichever of `packages` are missing (apt-get update first, once).
+pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -3,9 +3,11 @@
 //! - `image`: build the static `cairn` and the boot artefacts;
 //! - `demo`: build the image and boot a local cluster under QEMU (the main job);
 //! - `test`: install what is missing, then fmt, clippy and every test tier;
-//! - `bench boot`: boot timings against their goals and a same-run anchor.
+//! - `bench boot|store`: boot timings, and the store against etcd, with same-run anchors;
+//! - `store-faults`: the store's fault test with a longer schedule.
 
 mod bench;
+mod bench_store;
 mod build;
 mod demo;
 mod deps;
@@ -53,6 +55,12 @@ enum Task {
     },
     /// Install the Debian packages the build and the tests need.
     Deps,
+    /// The store's multi-process fault test with a longer schedule.
+    StoreFaults {
+        /// Rounds of the nemesis schedule (about 30 s each).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         } => test::run(!no_install, qemu_filter.as_deref()),
         Task::Bench { which } => bench::run(which),
         Task::Deps => deps::ensure(),
+        Task::StoreFaults { rounds } => test::store_faults(rounds),
     }
 }

@@ -49,3 +49,26 @@ pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
     eprintln!("xtask: all test tiers passed");
     Ok(())
 }
+
+/// Runs the store's multi-process fault test for `rounds` rounds of its schedule.
+pub fn store_faults(rounds: u32) -> anyhow::Result<()> {
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "cairn-store",
+                "--test",
+                "fault",
+                "--",
+                "--nocapture",
+            ])
+            .env("CAIRN_STORE_FAULT_ROUNDS", rounds.to_string())
+            .current_dir(build::workspace_root())
+            .status()?;
+    if !status.success() {
+        anyhow::bail!("the store fault test failed ({status})");
+    }
+    Ok(())
+}
