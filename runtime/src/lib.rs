@@ -8,8 +8,13 @@
 //! - [`blobs`]: the content-addressed blob store, verified on the way in and out,
 //!   with garbage collection;
 //! - [`layer`]: unpacking layers (tar, gzip, zstd) with OCI whiteouts, refusing
-//!   hostile archives.
+//!   hostile archives;
+//! - [`images`]: names → manifests, imports of OCI layouts and `docker save`
+//!   archives (verified), linux/amd64 out of indexes, garbage collection;
+//! - [`layout`]: writing OCI layouts (test images built without a network).
 
 pub mod blobs;
 pub mod digest;
+pub mod images;
 pub mod layer;
+pub mod layout;
