@@ -11,10 +11,12 @@
 //!   hostile archives;
 //! - [`images`]: names → manifests, imports of OCI layouts and `docker save`
 //!   archives (verified), linux/amd64 out of indexes, garbage collection;
-//! - [`layout`]: writing OCI layouts (test images built without a network).
+//! - [`layout`]: writing OCI layouts;
+//! - [`test_images`]: test images built without a network (busybox).
 
 pub mod blobs;
 pub mod digest;
 pub mod images;
 pub mod layer;
 pub mod layout;
+pub mod test_images;

@@ -131,6 +131,22 @@ pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+/// Builds the OCI test images (an OCI layout per image) under
+/// `<target>/cairn-test-images/` and returns that directory.
+pub fn test_images() -> anyhow::Result<PathBuf> {
+    let dir = target_dir().join("cairn-test-images");
+    let busybox = dir.join("busybox");
+    let digest =
+        cairn_runtime::test_images::write_busybox_layout(Path::new("/bin/busybox"), &busybox)
+            .context("building the busybox test image (install busybox-static)")?;
+    eprintln!(
+        "xtask: {} ({digest}) in {}",
+        cairn_runtime::test_images::BUSYBOX_IMAGE,
+        busybox.display()
+    );
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

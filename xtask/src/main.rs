@@ -4,7 +4,8 @@
 //! - `demo`: build the image and boot a local cluster under QEMU (the main job);
 //! - `test`: install what is missing, then fmt, clippy and every test tier;
 //! - `bench boot|store`: boot timings, and the store against etcd, with same-run anchors;
-//! - `store-faults`: the store's fault test with a longer schedule.
+//! - `store-faults`: the store's fault test with a longer schedule;
+//! - `test-images`: OCI test images built without a network (busybox).
 
 mod bench;
 mod bench_store;
@@ -55,6 +56,8 @@ enum Task {
     },
     /// Install the Debian packages the build and the tests need.
     Deps,
+    /// Build the OCI test images (busybox from `busybox-static`) under the target dir.
+    TestImages,
     /// The store's multi-process fault test with a longer schedule.
     StoreFaults {
         /// Rounds of the nemesis schedule (about 30 s each).
@@ -73,6 +76,9 @@ fn main() -> anyhow::Result<()> {
         } => test::run(!no_install, qemu_filter.as_deref()),
         Task::Bench { which } => bench::run(which),
         Task::Deps => deps::ensure(),
+        Task::TestImages => build::test_images().map(|dir| {
+            println!("test images in {}", dir.display());
+        }),
         Task::StoreFaults { rounds } => test::store_faults(rounds),
     }
 }

@@ -18,6 +18,7 @@ pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    build::test_images()?;
     // Unit, in-process and host tests; `--include-ignored` runs the ones marked as
     // needing root, which this recipe has.
     build::cargo(&[
