@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError,
+};
 use openraft::{
     BasicNode, ChangeMembers, Config, RaftMetrics, RaftNetworkFactory, ServerState, SnapshotPolicy,
 };
@@ -249,6 +251,10 @@ async fn propose(raft: &Raft, mut batch: Vec<Proposal>) {
     }
 }
 
+/// How often a join retries a membership change refused because another is under way
+/// (200 ms apart).
+const MEMBERSHIP_CHANGE_ATTEMPTS: u32 = 25;
+
 /// A running store node.
 pub struct StoreNode {
     id: NodeId,
@@ -346,6 +352,22 @@ impl StoreNode {
         )]);
         match self.raft.initialize(members).await {
             Ok(()) => {
+                // Answer once this node shows itself as a member, so that a bootstrap
+                // asked of another node right after ours is refused.
+                let id = self.id;
+                let _ = self
+                    .raft
+                    .wait(Some(Duration::from_secs(5)))
+                    .metrics(
+                        |m| {
+                            m.membership_config
+                                .membership()
+                                .voter_ids()
+                                .any(|v| v == id)
+                        },
+                        "the bootstrapped membership",
+                    )
+                    .await;
                 info!(id = self.id, addr = %self.addr, "store bootstrapped a new cluster");
                 Ok(())
             }
@@ -484,13 +506,38 @@ impl StoreNode {
             )
             .await
             .map_err(|e| ClientError::Refused(e.to_string()))?;
-        let voters: std::collections::BTreeSet<NodeId> = [id].into();
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(voters), false)
-            .await
-            .map_err(|e| ClientError::Refused(e.to_string()))?;
+        // Nodes joining together each ask for a membership change; Raft takes one at a
+        // time and refuses the others while it is in progress: wait for our turn.
+        let mut attempts = 0;
+        loop {
+            let voters: std::collections::BTreeSet<NodeId> = [id].into();
+            match self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                .await
+            {
+                Ok(_) => break,
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if attempts < MEMBERSHIP_CHANGE_ATTEMPTS => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => return Err(ClientError::Refused(err.to_string())),
+            }
+        }
         info!(id, addr, "store member joined");
         Ok(())
+    }
+
+    /// Whether this node is a voter of its group (not a learner, not outside one).
+    pub fn is_voter(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
     }
 
     fn is_leader(&self) -> bool {

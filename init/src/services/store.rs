@@ -216,14 +216,16 @@ impl Service for StoreService {
             info!(id, address = %advertise, listen = %bound, "store listening");
             let serving = tokio::spawn(serve(listener, tls, Arc::clone(&node), ctx.shutdown.clone()));
 
-            if !settings.join.is_empty() && !node.raft().is_initialized().await.unwrap_or(false) {
+            // Join until this node is a voter: being a learner (initialized) is not
+            // enough, the promotion may have been refused while another was under way.
+            if !settings.join.is_empty() && !node.is_voter() {
                 let joining = Arc::clone(&node);
                 let peers = settings.join.clone();
                 let stop = ctx.shutdown.clone();
                 tokio::spawn(async move {
                     loop {
                         for peer in &peers {
-                            if joining.raft().is_initialized().await.unwrap_or(false) {
+                            if joining.is_voter() {
                                 return;
                             }
                             match joining.join(0, &BasicNode { addr: peer.clone() }).await {
