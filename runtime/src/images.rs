@@ -545,6 +545,84 @@ mod tests {
         ));
     }
 
+    /// Rewrites a one-image layout so that `index.json` points at a multi-platform
+    /// index listing the image for `platforms` (the real manifest for each).
+    fn make_multi_platform(layout: &Path, platforms: &[(Os, Arch)]) {
+        use oci_spec::image::{ImageIndexBuilder, PlatformBuilder};
+        let top = ImageIndex::from_file(layout.join("index.json")).unwrap();
+        let image = top.manifests()[0].clone();
+        let entries: Vec<Descriptor> = platforms
+            .iter()
+            .map(|(os, arch)| {
+                let mut entry = image.clone();
+                entry.set_annotations(None);
+                if *arch != Arch::Amd64 {
+                    // Another platform's manifest, absent here: choosing it would fail.
+                    let other = Digest::of(format!("{arch} manifest").as_bytes());
+                    entry.set_digest(other.to_string().parse().unwrap());
+                }
+                entry.set_platform(Some(
+                    PlatformBuilder::default()
+                        .os(os.clone())
+                        .architecture(arch.clone())
+                        .build()
+                        .unwrap(),
+                ));
+                entry
+            })
+            .collect();
+        let nested = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(entries)
+            .build()
+            .unwrap()
+            .to_string()
+            .unwrap();
+        let digest = Digest::of(nested.as_bytes());
+        std::fs::write(layout.join("blobs/sha256").join(digest.hex()), &nested).unwrap();
+        let mut pointer = descriptor(MediaType::ImageIndex, &digest, nested.len() as u64).unwrap();
+        pointer.set_annotations(image.annotations().clone());
+        ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .manifests(vec![pointer])
+            .build()
+            .unwrap()
+            .to_file(layout.join("index.json"))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_multi_platform_index_resolves_to_linux_amd64_or_says_there_is_none() {
+        let work = tempfile::tempdir().unwrap();
+        let base = layer("bin/hello", "hi");
+        let make = |dir: &str| {
+            let layout = work.path().join(dir);
+            let manifest = write_oci_layout(
+                &layout,
+                "cairn.test/multi:1",
+                &config(&[&base]),
+                &[(MediaType::ImageLayer, base.clone())],
+            )
+            .unwrap();
+            (layout, manifest)
+        };
+        let (layout, manifest) = make("multi");
+        make_multi_platform(
+            &layout,
+            &[(Os::Linux, Arch::ARM64), (Os::Linux, Arch::Amd64)],
+        );
+        let store = ImageStore::open(&work.path().join("store")).unwrap();
+        let imported = store.import(&layout).unwrap();
+        assert_eq!(imported[0].name, "cairn.test/multi:1");
+        assert_eq!(imported[0].manifest, manifest);
+
+        let (arm_only, _) = make("arm-only");
+        make_multi_platform(&arm_only, &[(Os::Linux, Arch::ARM64)]);
+        let err = store.import(&arm_only).unwrap_err();
+        assert!(matches!(err, ImageError::NoPlatform(_)), "{err}");
+    }
+
     #[test]
     fn a_directory_that_is_no_image_says_so() {
         let work = tempfile::tempdir().unwrap();
