@@ -68,6 +68,18 @@ fn storage(err: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(err.to_string())
 }
 
+/// The current revision and the compaction point, as kept in the meta table.
+fn revisions_in(table: &impl ReadableTable<&'static str, u64>) -> Result<(u64, u64), StoreError> {
+    let get = |name| -> Result<u64, StoreError> {
+        Ok(table
+            .get(name)
+            .map_err(storage)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    Ok((get("revision")?, get("compact_revision")?))
+}
+
 /// Creates the tables if they do not exist.
 pub fn init(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(KV).map_err(storage)?;
@@ -360,35 +372,17 @@ impl<'a> Reader<'a> {
     /// The current revision and the compaction point.
     pub fn revisions(&self) -> Result<(u64, u64), StoreError> {
         let txn = self.read()?;
-        let table = match txn.open_table(META) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
-            Err(err) => return Err(storage(err)),
-        };
-        let get = |name| -> Result<u64, StoreError> {
-            Ok(table
-                .get(name)
-                .map_err(storage)?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
-        Ok((get("revision")?, get("compact_revision")?))
+        match txn.open_table(META) {
+            Ok(table) => revisions_in(&table),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok((0, 0)),
+            Err(err) => Err(storage(err)),
+        }
     }
 
     /// Reads a key or a range, at the latest revision or an older one.
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let txn = self.read()?;
-        let (current, compacted) = {
-            let table = txn.open_table(META).map_err(storage)?;
-            let get = |name| -> Result<u64, StoreError> {
-                Ok(table
-                    .get(name)
-                    .map_err(storage)?
-                    .map(|v| v.value())
-                    .unwrap_or(0))
-            };
-            (get("revision")?, get("compact_revision")?)
-        };
+        let (current, compacted) = revisions_in(&txn.open_table(META).map_err(storage)?)?;
         let at = request.revision.unwrap_or(current);
         if at > current {
             return Err(StoreError::FutureRevision {

@@ -679,23 +679,8 @@ impl StoreNode {
             // Subscribe before replaying so nothing falls between the two.
             let mut live = state.subscribe();
             let mut next = from.max(1);
-            loop {
-                let replay = match state.reader().events_since(next, 256) {
-                    Ok(replay) => replay,
-                    Err(err) => {
-                        let _ = tx.send(Err(err)).await;
-                        return;
-                    }
-                };
-                if replay.is_empty() {
-                    break;
-                }
-                for (revision, events) in replay {
-                    next = revision + 1;
-                    if !send_filtered(&tx, &filter, revision, events).await {
-                        return;
-                    }
-                }
+            if !catch_up(&state, &tx, &filter, &mut next).await {
+                return;
             }
             loop {
                 match live.recv().await {
@@ -712,23 +697,8 @@ impl StoreNode {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Catch up from storage, then continue live.
-                        loop {
-                            let replay = match state.reader().events_since(next, 256) {
-                                Ok(replay) => replay,
-                                Err(err) => {
-                                    let _ = tx.send(Err(err)).await;
-                                    return;
-                                }
-                            };
-                            if replay.is_empty() {
-                                break;
-                            }
-                            for (revision, events) in replay {
-                                next = revision + 1;
-                                if !send_filtered(&tx, &filter, revision, events).await {
-                                    return;
-                                }
-                            }
+                        if !catch_up(&state, &tx, &filter, &mut next).await {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -766,6 +736,34 @@ impl KeyFilter {
         match &self.end {
             None => key == self.start.as_slice(),
             Some(end) => key >= self.start.as_slice() && (end.is_empty() || key < end.as_slice()),
+        }
+    }
+}
+
+/// Sends every stored revision from `next` on (moving `next` past them); false when
+/// the watch is over (reading failed, which the watcher is told, or it went away).
+async fn catch_up(
+    state: &StateMachine,
+    tx: &mpsc::Sender<Result<Applied, StoreError>>,
+    filter: &KeyFilter,
+    next: &mut u64,
+) -> bool {
+    loop {
+        let replay = match state.reader().events_since(*next, 256) {
+            Ok(replay) => replay,
+            Err(err) => {
+                let _ = tx.send(Err(err)).await;
+                return false;
+            }
+        };
+        if replay.is_empty() {
+            return true;
+        }
+        for (revision, events) in replay {
+            *next = revision + 1;
+            if !send_filtered(tx, filter, revision, events).await {
+                return false;
+            }
         }
     }
 }
