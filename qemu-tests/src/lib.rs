@@ -684,3 +684,23 @@ impl Drop for Vm {
         }
     }
 }
+
+/// Retries `call` every 500 ms while it fails (a node booting, rebooting or electing a
+/// leader) until `within` has passed; then panics naming `what` and the last error.
+pub async fn eventually<T, E, F, Fut>(what: &str, within: Duration, mut call: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("{what}: {err}"),
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::machine_api::{
     Ack, ApplyMode, ApplyOutcome, ApplyRequest, ApplyResponse, Health, Persistence, VersionInfo,
@@ -14,7 +14,7 @@ use cairn_api::machine_api::{
 };
 use cairn_api::pki::Role;
 use cairnctl::client::{ClientError, NodeClient};
-use qemu_tests::{Cluster, VmSpec, configs};
+use qemu_tests::{Cluster, VmSpec, configs, eventually};
 
 const BOOT: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_secs(60);
@@ -28,25 +28,6 @@ fn request(config: String, mode: ApplyMode) -> ApplyRequest {
         config,
         mode,
         try_timeout_secs: Some(5),
-    }
-}
-
-/// Retries a call while the node's API is not up yet (booting, rebooting).
-async fn eventually<T, F, Fut>(what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let deadline = Instant::now() + BOOT;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => panic!("{what}: {err}"),
-        }
     }
 }
 
@@ -70,7 +51,8 @@ fn roles_refusals_and_live_apply_on_a_running_node() {
             let reader =
                 NodeClient::new(&address, &configs::client(&secrets, Role::Reader)).unwrap();
             let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
-            let version: VersionInfo = eventually("version", || reader.get(paths::VERSION)).await;
+            let version: VersionInfo =
+                eventually("version", BOOT, || reader.get(paths::VERSION)).await;
             assert_eq!(version.hostname, "node-1");
             let health: Health = reader.get(paths::HEALTH).await.unwrap();
             assert_eq!(health.stage, "ready");
@@ -245,7 +227,7 @@ fn staged_config_applies_after_reboot_and_the_config_persists_on_the_disk() {
     cluster
         .in_namespace_async(|| async {
             let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
-            let health: Health = eventually("health", || admin.get(paths::HEALTH)).await;
+            let health: Health = eventually("health", BOOT, || admin.get(paths::HEALTH)).await;
             assert!(matches!(health.persistence, Persistence::Disk { ref device, .. } if device == "/dev/vda1"), "{:?}", health.persistence);
             let mut staged = config.clone();
             staged.machine.hostname = Some("staged-1".into());
@@ -279,7 +261,8 @@ fn staged_config_applies_after_reboot_and_the_config_persists_on_the_disk() {
     cluster
         .in_namespace_async(|| async {
             let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
-            let version: VersionInfo = eventually("version", || admin.get(paths::VERSION)).await;
+            let version: VersionInfo =
+                eventually("version", BOOT, || admin.get(paths::VERSION)).await;
             assert_eq!(version.hostname, "staged-1");
             // A live change is saved too, and survives the next reboot.
             let mut live = config.clone();
@@ -323,7 +306,7 @@ fn a_node_without_config_takes_one_insecure_apply_and_boots_configured() {
             let insecure = NodeClient::insecure(&address).unwrap();
             // The management NIC gets its DHCP lease in the background.
             let version: VersionInfo =
-                eventually("maintenance version", || insecure.get(paths::VERSION)).await;
+                eventually("maintenance version", BOOT, || insecure.get(paths::VERSION)).await;
             assert!(version.maintenance);
             let answer: ApplyResponse = insecure
                 .post(
@@ -342,7 +325,7 @@ fn a_node_without_config_takes_one_insecure_apply_and_boots_configured() {
         .in_namespace_async(|| async {
             let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
             let version: VersionInfo =
-                eventually("configured version", || admin.get(paths::VERSION)).await;
+                eventually("configured version", BOOT, || admin.get(paths::VERSION)).await;
             assert!(!version.maintenance);
             assert_eq!(version.hostname, "fresh-1");
             let err = NodeClient::insecure(&address)

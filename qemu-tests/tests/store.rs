@@ -4,32 +4,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::machine_api::{Ack, KvList, KvPut, StoreMembers, paths};
 use cairn_api::pki::Role;
 use cairnctl::client::{ClientError, NodeClient};
-use qemu_tests::{Cluster, VmSpec, configs};
+use qemu_tests::{Cluster, VmSpec, configs, eventually};
 
 const BOOT: Duration = Duration::from_secs(180);
-
-async fn eventually<T, F, Fut>(what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let deadline = Instant::now() + BOOT;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => panic!("{what}: {err}"),
-        }
-    }
-}
 
 #[test]
 #[ignore = "boots QEMU: run by cargo xtask test"]
@@ -73,11 +55,11 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
                 .map(|a| NodeClient::new(a, &admin).unwrap())
                 .collect();
             let empty = serde_json::json!({});
-            let _: Ack = eventually("bootstrap", || {
+            let _: Ack = eventually("bootstrap", BOOT, || {
                 clients[0].post(paths::STORE_BOOTSTRAP, &empty)
             })
             .await;
-            let members: StoreMembers = eventually("three voters", || async {
+            let members: StoreMembers = eventually("three voters", BOOT, || async {
                 let m: StoreMembers = clients[0].get(paths::STORE_MEMBERS).await?;
                 if m.members.iter().filter(|x| x.voter).count() == 3 {
                     Ok(m)
@@ -93,12 +75,13 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
                 key: "/registry/first".into(),
                 value: "one".into(),
             };
-            let _: KvList = eventually("write through a follower", || {
+            let _: KvList = eventually("write through a follower", BOOT, || {
                 clients[1].post(paths::STORE_KV, &put)
             })
             .await;
             let key = format!("{}?key=/registry/first", paths::STORE_KV);
-            let read: KvList = eventually("read from the third", || clients[2].get(&key)).await;
+            let read: KvList =
+                eventually("read from the third", BOOT, || clients[2].get(&key)).await;
             assert_eq!(read.entries[0].value, "one");
             members.leader.unwrap()
         })
@@ -134,7 +117,7 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
                 .iter()
                 .map(|a| NodeClient::new(a, &admin).unwrap())
                 .collect();
-            let members: StoreMembers = eventually("a new leader", || async {
+            let members: StoreMembers = eventually("a new leader", BOOT, || async {
                 let m: StoreMembers = clients[0].get(paths::STORE_MEMBERS).await?;
                 match m.leader {
                     Some(leader) if leader != leader_id => Ok(m),
@@ -150,12 +133,12 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
                 key: "/registry/second".into(),
                 value: "two".into(),
             };
-            let _: KvList = eventually("a write after the failover", || {
+            let _: KvList = eventually("a write after the failover", BOOT, || {
                 clients[0].post(paths::STORE_KV, &put)
             })
             .await;
             let prefix = format!("{}?prefix=/registry/", paths::STORE_KV);
-            let both: KvList = eventually("both keys", || clients[1].get(&prefix)).await;
+            let both: KvList = eventually("both keys", BOOT, || clients[1].get(&prefix)).await;
             let values: Vec<&str> = both.entries.iter().map(|e| e.value.as_str()).collect();
             assert_eq!(values, ["one", "two"]);
         })
