@@ -42,6 +42,12 @@ enum Command {
         #[arg(long, default_value = logging::DEFAULT_FILTER)]
         log: String,
     },
+    /// The per-container shim the runtime starts (`run <dir>`, `exec <dir> -- cmd…`).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Helpers the node runs as child processes.
     #[command(hide = true, subcommand)]
     Internal(Internal),
@@ -67,7 +73,7 @@ enum Internal {
 
 fn main() -> ExitCode {
     let first_arg = std::env::args().nth(1);
-    let is_subcommand = matches!(first_arg.as_deref(), Some("node" | "internal"));
+    let is_subcommand = matches!(first_arg.as_deref(), Some("node" | "internal" | "shim"));
     if std::process::id() == 1 && !is_subcommand {
         // The kernel passes unknown undotted boot parameters as arguments; ignore them.
         pid1::main();
@@ -90,6 +96,9 @@ fn main() -> ExitCode {
             },
             &log,
         ),
+        Command::Shim { args } => {
+            ExitCode::from(u8::try_from(cairn_runtime::shim::cli(&args)).unwrap_or(u8::MAX))
+        }
         Command::Internal(Internal::SpawnOrphans { count, linger_ms }) => {
             match internal::spawn_orphans(count, Duration::from_millis(linger_ms)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -70,14 +70,37 @@ pub enum ImageError {
     NoPlatform(String),
 }
 
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+/// The full form of an image reference as Docker and the kubelet read it: a registry
+/// (`docker.io` when the first part names none), `library/` for official Docker Hub
+/// images, and `:latest` when neither a tag nor a digest is given.
+pub fn normalize_reference(reference: &str) -> String {
+    let (first, rest) = reference.split_once('/').unwrap_or(("", reference));
+    let names_registry =
+        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut full = if names_registry {
+        reference.to_owned()
+    } else if first.is_empty() {
+        format!("docker.io/library/{rest}")
+    } else {
+        format!("docker.io/{reference}")
+    };
+    let last = full.rsplit('/').next().unwrap_or_default();
+    if !last.contains(':') && !last.contains('@') {
+        full.push_str(":latest");
+    }
+    full
+}
+
+/// Maps an I/O error on `path` to [`ImageError::Io`].
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-fn invalid(what: impl ToString, reason: impl ToString) -> ImageError {
+/// An [`ImageError::Invalid`] about `what`.
+pub(crate) fn invalid(what: impl ToString, reason: impl ToString) -> ImageError {
     ImageError::Invalid {
         what: what.to_string(),
         reason: reason.to_string(),
@@ -89,6 +112,7 @@ fn digest_of(descriptor: &Descriptor) -> Result<Digest, ImageError> {
 }
 
 /// The images of one node, kept in `<root>/images.json` beside the blob store.
+#[derive(Debug)]
 pub struct ImageStore {
     blobs: BlobStore,
     root: PathBuf,
@@ -140,6 +164,23 @@ impl ImageStore {
     /// The image called `name`.
     pub fn get(&self, name: &str) -> Option<ImageRecord> {
         self.records().get(name).cloned()
+    }
+
+    /// The image a Kubernetes image reference means: the name as given, or else as
+    /// normalised (`busybox` → `docker.io/library/busybox:latest`).
+    pub fn resolve(&self, reference: &str) -> Option<ImageRecord> {
+        let records = self.records();
+        records
+            .get(reference)
+            .or_else(|| records.get(&normalize_reference(reference)))
+            .cloned()
+    }
+
+    /// The configuration (entrypoint, command, environment, user, …) of `image`.
+    pub fn configuration(&self, image: &ImageRecord) -> Result<ImageConfiguration, ImageError> {
+        let bytes = self.blobs.read(&image.config, MAX_METADATA)?;
+        ImageConfiguration::from_reader(&bytes[..])
+            .map_err(|e| invalid(format!("configuration of {}", image.name), e))
     }
 
     /// Forgets the image called `name` (its blobs go at the next [`Self::gc`]).
@@ -430,6 +471,27 @@ mod tests {
             .append_data(&mut header, file, content.as_bytes())
             .unwrap();
         builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn references_are_normalised_as_docker_does() {
+        assert_eq!(
+            normalize_reference("busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(normalize_reference("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(
+            normalize_reference("cairn.test/busybox"),
+            "cairn.test/busybox:latest"
+        );
+        assert_eq!(
+            normalize_reference("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
+        assert_eq!(
+            normalize_reference("busybox@sha256:abc"),
+            "docker.io/library/busybox@sha256:abc"
+        );
     }
 
     fn config(layers: &[&[u8]]) -> ImageConfiguration {

@@ -10,21 +10,7 @@ use oci_spec::image::{
 };
 
 use crate::digest::Digest;
-use crate::images::{ImageError, descriptor};
-
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-fn invalid(what: &str, err: impl ToString) -> ImageError {
-    ImageError::Invalid {
-        what: what.to_owned(),
-        reason: err.to_string(),
-    }
-}
+use crate::images::{ImageError, descriptor, invalid, io_at};
 
 fn write_blob(dir: &Path, bytes: &[u8]) -> Result<(Digest, u64), ImageError> {
     let digest = Digest::of(bytes);

@@ -10,25 +10,11 @@ use oci_spec::image::{
 };
 
 use crate::digest::Digest;
-use crate::images::ImageError;
+use crate::images::{ImageError, invalid, io_at};
 use crate::layout::write_oci_layout;
 
 /// The name the busybox test image is imported under.
 pub const BUSYBOX_IMAGE: &str = "cairn.test/busybox:latest";
-
-fn invalid(what: &str, err: impl ToString) -> ImageError {
-    ImageError::Invalid {
-        what: what.to_owned(),
-        reason: err.to_string(),
-    }
-}
-
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// The applets `busybox --list` names.
 fn applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
@@ -37,7 +23,7 @@ fn applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
         .output()
         .map_err(io_at(busybox))?;
     if !output.status.success() {
-        return Err(invalid(&busybox.display().to_string(), "`--list` failed"));
+        return Err(invalid(busybox.display(), "`--list` failed"));
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()

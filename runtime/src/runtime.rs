@@ -1,0 +1,409 @@
+//! The runtime's interface for the node agent: pods in, Kubernetes-shaped statuses out.
+//! [`Runtime::ensure_pod`] takes a `k8s-openapi` `PodSpec` with the pod's identity
+//! (and the config maps and secrets its volumes need) and keeps it running;
+//! [`Runtime::stop_pod`], [`Runtime::remove_pod`], [`Runtime::pod_status`],
+//! [`Runtime::read_log`] and [`Runtime::exec`] do what their names say. State lives
+//! under one directory, and a restarted runtime picks its pods up again from there,
+//! re-attaching to the shims of running containers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PodSpec;
+
+use crate::cgroups::CgroupLayout;
+use crate::container::{Instance, ShimProgram};
+use crate::cri_log::{self, LogError, ReadOptions};
+use crate::images::{ImageError, ImageStore};
+use crate::plan::PodIdentity;
+use crate::pod::{self, BackoffPolicy, NodeContext, Pod, PodRecord, PodRuntimeStatus};
+use crate::rootfs::{LayerCache, RootfsError};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::shim::ShimError;
+use crate::volumes::{self, PodSources};
+
+/// How the runtime is set up on a node.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The state directory (`/var/lib/cairn/runtime`): images, layers, pods.
+    pub root: PathBuf,
+    /// Where container logs go (`/var/log/pods`).
+    pub log_root: PathBuf,
+    /// How shims are started.
+    pub shim: ShimProgram,
+    /// The cgroup every pod lives under.
+    pub cgroup_parent: String,
+    /// `pids.max` per container (`None`: unlimited).
+    pub pids_limit: Option<i64>,
+    /// Crash-loop back-off.
+    pub backoff: BackoffPolicy,
+    /// The node's name (downward API `spec.nodeName`).
+    pub node_name: String,
+}
+
+impl RuntimeConfig {
+    /// A configuration with the kubelet's defaults for everything but the paths.
+    pub fn new(root: &Path, log_root: &Path, shim: ShimProgram, node_name: &str) -> Self {
+        Self {
+            root: root.to_owned(),
+            log_root: log_root.to_owned(),
+            shim,
+            cgroup_parent: "/cairn".into(),
+            pids_limit: Some(4096),
+            backoff: BackoffPolicy::default(),
+            node_name: node_name.to_owned(),
+        }
+    }
+}
+
+/// Why a runtime call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The layer cache failed.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// A pod's namespaces could not be removed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// A state file could not be used.
+    #[error(transparent)]
+    State(#[from] ShimError),
+    /// A log could not be read.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// No pod with this uid runs here.
+    #[error("no pod with uid {0} on this node")]
+    NoSuchPod(String),
+    /// The pod has no such container, or it never ran.
+    #[error("pod {pod}: {message}")]
+    Container {
+        /// The pod's uid.
+        pod: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file or directory could not be handled.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A pod the runtime is responsible for, and its worker.
+struct Entry {
+    pod: Arc<Pod>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+/// What to run: a pod and what its volumes need.
+#[derive(Debug, Clone, Default)]
+pub struct PodRequest {
+    /// Who the pod is.
+    pub identity: PodIdentity,
+    /// Its spec.
+    pub spec: PodSpec,
+    /// Its labels (for the downward API).
+    pub labels: BTreeMap<String, String>,
+    /// Its annotations (for the downward API).
+    pub annotations: BTreeMap<String, String>,
+    /// Config maps, secrets and token the volumes project.
+    pub sources: PodSources,
+}
+
+/// The container runtime of a node.
+pub struct Runtime {
+    node: Arc<NodeContext>,
+    root: PathBuf,
+    pods: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("root", &self.root).finish()
+    }
+}
+
+/// The marker of a pod asked to stop (so a restarted runtime does not start it again).
+const STOPPED: &str = "stopped";
+
+impl Runtime {
+    /// Opens the runtime's state and resumes every pod found there (re-attaching to
+    /// running containers). Must be called inside a Tokio runtime.
+    pub fn open(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let root = config.root.clone();
+        for dir in ["pods", "containers"] {
+            std::fs::create_dir_all(root.join(dir)).map_err(io("creating", &root.join(dir)))?;
+        }
+        std::fs::create_dir_all(&config.log_root).map_err(io("creating", &config.log_root))?;
+        let node = Arc::new(NodeContext {
+            node_name: config.node_name.clone(),
+            shim: config.shim.clone(),
+            images: ImageStore::open(&root.join("images"))?,
+            layers: LayerCache::open(&root.join("layers"))?,
+            cgroups: CgroupLayout::detect(),
+            cgroup_parent: config.cgroup_parent.clone(),
+            pids_limit: config.pids_limit,
+            backoff: config.backoff,
+            state_root: root.join("containers"),
+            log_root: config.log_root.clone(),
+        });
+        let runtime = Self {
+            node,
+            root,
+            pods: Mutex::new(BTreeMap::new()),
+        };
+        runtime.resume()?;
+        Ok(runtime)
+    }
+
+    fn pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+
+    /// Picks up the pods recorded on disk.
+    fn resume(&self) -> Result<(), RuntimeError> {
+        let base = self.root.join("pods");
+        for entry in std::fs::read_dir(&base).map_err(io("listing", &base))? {
+            let dir = entry.map_err(io("listing", &base))?.path();
+            let record: PodRecord = match crate::shim::read_json(&dir.join("pod.json")) {
+                Ok(record) => record,
+                Err(err) => {
+                    tracing::warn!(%err, dir = %dir.display(), "skipping an unreadable pod record");
+                    continue;
+                }
+            };
+            let pod = Pod::new(record, dir.clone());
+            if dir.join(STOPPED).exists() {
+                pod.request_stop(Some(Duration::ZERO));
+            }
+            tracing::info!(pod = %pod.record.identity.name, "resuming a pod");
+            self.spawn(pod, None);
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, pod: Arc<Pod>, sources: Option<PodSources>) {
+        let uid = pod.record.identity.uid.clone();
+        let worker = tokio::spawn(pod::run(Arc::clone(&self.node), Arc::clone(&pod), sources));
+        self.pods().insert(uid, Entry { pod, worker });
+    }
+
+    /// The node's images.
+    pub fn images(&self) -> &ImageStore {
+        &self.node.images
+    }
+
+    /// Runs the pod unless it already runs here (pods are immutable; a changed spec
+    /// for a known uid is ignored, as the kubelet does for all but images).
+    pub fn ensure_pod(&self, request: PodRequest) -> Result<(), RuntimeError> {
+        let uid = request.identity.uid.clone();
+        if uid.is_empty()
+            || !uid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(RuntimeError::Container {
+                pod: uid,
+                message: "a pod uid must be letters, digits, '-' and '_'".into(),
+            });
+        }
+        if self.pods().contains_key(&uid) {
+            return Ok(());
+        }
+        let dir = self.pod_dir(&uid);
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let record = PodRecord {
+            identity: request.identity,
+            spec: request.spec,
+            labels: request.labels,
+            annotations: request.annotations,
+        };
+        crate::shim::write_json_atomically(&dir.join("pod.json"), &record)?;
+        self.spawn(Pod::new(record, dir), Some(request.sources));
+        Ok(())
+    }
+
+    fn pod(&self, uid: &str) -> Result<Arc<Pod>, RuntimeError> {
+        self.pods()
+            .get(uid)
+            .map(|entry| Arc::clone(&entry.pod))
+            .ok_or_else(|| RuntimeError::NoSuchPod(uid.to_owned()))
+    }
+
+    /// Stops every container of the pod (SIGTERM, `grace` or the pod's grace period,
+    /// SIGKILL) and returns once they have exited. The pod stays, stopped, until
+    /// removed.
+    pub async fn stop_pod(&self, uid: &str, grace: Option<Duration>) -> Result<(), RuntimeError> {
+        let pod = self.pod(uid)?;
+        let marker = pod.dir.join(STOPPED);
+        std::fs::write(&marker, b"").map_err(io("writing", &marker))?;
+        pod.request_stop(grace);
+        pod.finished().await;
+        Ok(())
+    }
+
+    /// Stops the pod if needed (without a grace period unless it already stopped) and
+    /// removes everything it had on the node: instances, namespaces, volumes,
+    /// cgroups, logs and state.
+    pub async fn remove_pod(&self, uid: &str) -> Result<(), RuntimeError> {
+        let pod = self.pod(uid)?;
+        self.stop_pod(uid, Some(Duration::ZERO)).await?;
+        let containers = pod.dir.join("containers");
+        if let Ok(names) = std::fs::read_dir(&containers) {
+            for name in names.filter_map(Result::ok) {
+                for attempt in std::fs::read_dir(name.path())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                {
+                    Instance::at(&attempt.path())
+                        .remove()
+                        .await
+                        .map_err(|err| RuntimeError::Container {
+                            pod: uid.to_owned(),
+                            message: err.to_string(),
+                        })?;
+                }
+            }
+        }
+        Sandbox::at(&pod.dir.join("ns")).destroy()?;
+        let volume_root = pod.dir.join("volumes");
+        volumes::remove(&volume_root).map_err(io("removing", &volume_root))?;
+        let cgroup = format!("{}/pod{uid}", self.node.cgroup_parent.trim_end_matches('/'));
+        self.node
+            .cgroups
+            .remove_tree(&cgroup)
+            .map_err(io("removing the cgroup", Path::new(&cgroup)))?;
+        let logs = pod.log_dir(&self.node);
+        match std::fs::remove_dir_all(&logs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &logs)(e)),
+        }
+        std::fs::remove_dir_all(&pod.dir).map_err(io("removing", &pod.dir))?;
+        self.pods().remove(uid);
+        Ok(())
+    }
+
+    /// The pod's status, if it is here.
+    pub fn pod_status(&self, uid: &str) -> Option<PodRuntimeStatus> {
+        self.pods().get(uid).map(|entry| entry.pod.status())
+    }
+
+    /// The pods on the node.
+    pub fn list_pods(&self) -> Vec<PodIdentity> {
+        self.pods()
+            .values()
+            .map(|entry| entry.pod.record.identity.clone())
+            .collect()
+    }
+
+    /// The log file of a container's current (or `previous`) instance.
+    pub fn log_path(
+        &self,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<PathBuf, RuntimeError> {
+        let pod = self.pod(uid)?;
+        let attempts = pod.attempts(container);
+        let no = |message: &str| RuntimeError::Container {
+            pod: uid.to_owned(),
+            message: format!("container {container:?}: {message}"),
+        };
+        let attempt = if previous {
+            attempts
+                .len()
+                .checked_sub(2)
+                .map(|i| attempts[i])
+                .ok_or_else(|| no("has no previous instance"))?
+        } else {
+            *attempts.last().ok_or_else(|| no("has not run yet"))?
+        };
+        Ok(pod
+            .log_dir(&self.node)
+            .join(container)
+            .join(format!("{attempt}.log")))
+    }
+
+    /// Reads a container's log as `kubectl logs` shows it, passing chunks to `out`;
+    /// with `follow`, until the instance ends or `out` fails. Blocking: call it from a
+    /// blocking task.
+    pub fn read_log(
+        &self,
+        uid: &str,
+        container: &str,
+        previous: bool,
+        options: &ReadOptions,
+        out: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), RuntimeError> {
+        let path = self.log_path(uid, container, previous)?;
+        let pod = self.pod(uid)?;
+        let name = container.to_owned();
+        cri_log::read_log(&path, options, || !previous && pod.is_running(&name), out)?;
+        Ok(())
+    }
+
+    /// Starts `command` in the running container, with piped stdin, stdout and stderr
+    /// (`kubectl exec -i`). The child's exit code is the command's.
+    pub fn exec(
+        &self,
+        uid: &str,
+        container: &str,
+        command: &[String],
+    ) -> Result<tokio::process::Child, RuntimeError> {
+        let pod = self.pod(uid)?;
+        if !pod.is_running(container) {
+            return Err(RuntimeError::Container {
+                pod: uid.to_owned(),
+                message: format!("container {container:?} is not running"),
+            });
+        }
+        let attempt = pod.attempts(container).last().copied().unwrap_or(0);
+        let instance = pod.container_dir(container).join(attempt.to_string());
+        tokio::process::Command::new(&self.node.shim.program)
+            .args(&self.node.shim.args)
+            .arg("exec")
+            .arg(&instance)
+            .arg("--")
+            .args(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("starting exec for", &instance))
+    }
+
+    /// Stops managing pods without touching their containers, as when the runtime
+    /// service restarts: the shims keep the containers running, and the next
+    /// [`Runtime::open`] re-attaches to them.
+    pub fn detach(self) {
+        for (_, entry) in std::mem::take(&mut *self.pods()) {
+            entry.worker.abort();
+        }
+    }
+}
