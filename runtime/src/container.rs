@@ -10,6 +10,7 @@ use oci_spec::runtime::Spec;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::process::Spawner;
 use crate::rootfs::OverlayRoot;
 use crate::shim::{Request, ShimConfig, ShimError, ShimPaths, ShimStatus, read_json};
 
@@ -104,34 +105,45 @@ impl Instance {
     }
 
     /// Starts the shim and returns once the container runs or failed to start.
-    pub async fn start(&self, shim: &ShimProgram) -> Result<ShimStatus, ContainerError> {
-        let mut command = tokio::process::Command::new(&shim.program);
+    pub async fn start(
+        &self,
+        shim: &ShimProgram,
+        spawner: &dyn Spawner,
+    ) -> Result<ShimStatus, ContainerError> {
+        let mut command = std::process::Command::new(&shim.program);
         command
             .args(&shim.args)
             .arg("run")
             .arg(self.paths.dir())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(false);
-        let child = command.spawn().map_err(|source| ContainerError::Spawn {
-            program: shim.program.clone(),
-            source,
-        })?;
-        // The foreground shim exits once the background one has written the status.
-        // Under PID 1 the node's reaper may reap it first; then the output still ends.
-        let output = child.wait_with_output().await;
-        let status = read_json::<ShimStatus>(&self.paths.status());
-        match (status, output) {
-            (Ok(status), _) => Ok(status),
-            (Err(err), Ok(output)) if !output.stderr.is_empty() => Err(ContainerError::Shim {
+            .stderr(std::process::Stdio::piped());
+        let spawned = spawner
+            .spawn(&mut command)
+            .map_err(|source| ContainerError::Spawn {
+                program: shim.program.clone(),
+                source,
+            })?;
+        // The foreground shim exits once the background one has written the status;
+        // its stderr ends with it.
+        let mut said = Vec::new();
+        if let Some(stderr) = spawned.stderr
+            && let Ok(mut reader) = crate::process::async_reader(stderr)
+        {
+            use tokio::io::AsyncReadExt;
+            let _ = reader.read_to_end(&mut said).await;
+        }
+        let _ = spawned.exit.await;
+        match read_json::<ShimStatus>(&self.paths.status()) {
+            Ok(status) => Ok(status),
+            Err(err) if !said.is_empty() => Err(ContainerError::Shim {
                 dir: self.paths.dir().to_owned(),
                 message: format!(
                     "{err}; shim said: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
+                    String::from_utf8_lossy(&said).trim()
                 ),
             }),
-            (Err(err), _) => Err(err.into()),
+            Err(err) => Err(err.into()),
         }
     }
 

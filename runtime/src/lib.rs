@@ -10,8 +10,9 @@
 //! - [`rootfs`]: unpacked layers and per-container overlay roots;
 //! - [`spec`], [`seccomp`], [`plan`], [`quantity`]: from a Kubernetes container to an
 //!   OCI runtime spec with secure defaults;
-//! - [`shim`], [`container`], [`cri_log`], [`cgroups`]: the per-container shim, the
-//!   runtime's handle on it, CRI logs, and what is read from cgroups;
+//! - [`shim`], [`container`], [`process`], [`cri_log`], [`cgroups`]: the per-container
+//!   shim, the runtime's handle on it, starting helpers, CRI logs, and what is read
+//!   from cgroups;
 //! - [`sandbox`], [`volumes`], [`probes`], [`pod`]: pods — namespaces, volumes, probes,
 //!   restart policies and back-off;
 //! - [`runtime`]: the interface the node agent uses.
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod plan;
 pub mod pod;
 pub mod probes;
+pub mod process;
 pub mod quantity;
 pub mod rootfs;
 pub mod runtime;

@@ -24,6 +24,7 @@ use crate::container::{Instance, ShimProgram};
 use crate::images::ImageStore;
 use crate::plan::{PlanError, PodContext, PodIdentity, plan_container};
 use crate::probes::{self, ProbeTarget, Timing, Verdicts};
+use crate::process::Spawner;
 use crate::rootfs::{LayerCache, OverlayRoot};
 use crate::sandbox::Sandbox;
 use crate::shim::{ShimConfig, ShimStatus};
@@ -69,6 +70,8 @@ pub struct NodeContext {
     pub node_name: String,
     /// The shim program.
     pub shim: ShimProgram,
+    /// How shims are started.
+    pub spawner: Arc<dyn Spawner>,
     /// Images.
     pub images: ImageStore,
     /// Unpacked layers.
@@ -936,7 +939,7 @@ async fn start(
             return Err((reason, message));
         }
     };
-    match instance.start(&node.shim).await {
+    match instance.start(&node.shim, node.spawner.as_ref()).await {
         Ok(ShimStatus::Running { .. } | ShimStatus::Exited { .. }) => Ok(instance),
         Ok(ShimStatus::Failed { message }) => {
             let _ = instance.remove().await;
@@ -1074,6 +1077,7 @@ async fn watch_run(
     refresh_phase(pod);
     let target = ProbeTarget {
         shim: node.shim.clone(),
+        spawner: Arc::clone(&node.spawner),
         instance: instance.dir().to_owned(),
         netns: setup
             .namespaces

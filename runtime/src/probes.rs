@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::sched::CloneFlags;
 
 use crate::container::ShimProgram;
+use crate::process::{Spawner, async_reader, kill};
 
 /// What a probe reaches: the container's shim directory and the pod's network
 /// namespace.
@@ -21,6 +22,8 @@ use crate::container::ShimProgram;
 pub struct ProbeTarget {
     /// The shim program (for `exec`).
     pub shim: ShimProgram,
+    /// How the shim is started.
+    pub spawner: std::sync::Arc<dyn Spawner>,
     /// The container instance's directory.
     pub instance: PathBuf,
     /// The pod's network namespace file.
@@ -199,38 +202,47 @@ pub async fn run_once(
 ) -> Result<(), String> {
     let timing = Timing::of(probe);
     if let Some(exec) = &probe.exec {
-        let command = exec.command.clone().unwrap_or_default();
-        if command.is_empty() {
+        let command_line = exec.command.clone().unwrap_or_default();
+        if command_line.is_empty() {
             return Err("exec probe without a command".into());
         }
-        let mut child = tokio::process::Command::new(&target.shim.program)
+        let mut command = std::process::Command::new(&target.shim.program);
+        command
             .args(&target.shim.args)
             .arg("exec")
             .arg(&target.instance)
             .arg("--")
-            .args(&command)
+            .args(&command_line)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .stderr(std::process::Stdio::null());
+        let spawned = target
+            .spawner
+            .spawn(&mut command)
             .map_err(|err| format!("starting the exec probe: {err}"))?;
+        let pid = spawned.pid;
+        let stdout = spawned.stdout;
+        let exit = spawned.exit;
         let mut output = Vec::new();
-        let status = tokio::time::timeout(timing.timeout, async {
-            if let Some(mut out) = child.stdout.take() {
+        let finished = tokio::time::timeout(timing.timeout, async {
+            if let Some(out) = stdout
+                && let Ok(mut reader) = async_reader(out)
+            {
                 use tokio::io::AsyncReadExt;
-                let _ = out.read_to_end(&mut output).await;
+                let _ = reader.read_to_end(&mut output).await;
             }
-            child.wait().await
+            exit.await
         })
         .await;
-        return match status {
-            Err(_) => Err(format!("command timed out after {:?}", timing.timeout)),
+        return match finished {
+            Err(_) => {
+                kill(pid);
+                Err(format!("command timed out after {:?}", timing.timeout))
+            }
             Ok(Err(err)) => Err(format!("waiting for the exec probe: {err}")),
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!(
-                "command {command:?} exited with {}: {}",
-                status.code().unwrap_or(-1),
+            Ok(Ok(0)) => Ok(()),
+            Ok(Ok(code)) => Err(format!(
+                "command {command_line:?} exited with {code}: {}",
                 String::from_utf8_lossy(&output).trim()
             )),
         };

@@ -19,6 +19,7 @@ use crate::cri_log::{self, LogError, ReadOptions};
 use crate::images::{ImageError, ImageStore};
 use crate::plan::PodIdentity;
 use crate::pod::{self, BackoffPolicy, NodeContext, Pod, PodRecord, PodRuntimeStatus};
+use crate::process::{DirectSpawner, Spawned, Spawner};
 use crate::rootfs::{LayerCache, RootfsError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::shim::ShimError;
@@ -33,6 +34,8 @@ pub struct RuntimeConfig {
     pub log_root: PathBuf,
     /// How shims are started.
     pub shim: ShimProgram,
+    /// Who starts processes (the node's reaper under PID 1).
+    pub spawner: Arc<dyn Spawner>,
     /// The cgroup every pod lives under.
     pub cgroup_parent: String,
     /// `pids.max` per container (`None`: unlimited).
@@ -44,12 +47,14 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// A configuration with the kubelet's defaults for everything but the paths.
+    /// A configuration with the kubelet's defaults for everything but the paths; the
+    /// runtime waits for its helper processes itself ([`DirectSpawner`]).
     pub fn new(root: &Path, log_root: &Path, shim: ShimProgram, node_name: &str) -> Self {
         Self {
             root: root.to_owned(),
             log_root: log_root.to_owned(),
             shim,
+            spawner: Arc::new(DirectSpawner),
             cgroup_parent: "/cairn".into(),
             pids_limit: Some(4096),
             backoff: BackoffPolicy::default(),
@@ -157,6 +162,7 @@ impl Runtime {
         let node = Arc::new(NodeContext {
             node_name: config.node_name.clone(),
             shim: config.shim.clone(),
+            spawner: Arc::clone(&config.spawner),
             images: ImageStore::open(&root.join("images"))?,
             layers: LayerCache::open(&root.join("layers"))?,
             cgroups: CgroupLayout::detect(),
@@ -368,13 +374,13 @@ impl Runtime {
     }
 
     /// Starts `command` in the running container, with piped stdin, stdout and stderr
-    /// (`kubectl exec -i`). The child's exit code is the command's.
+    /// (`kubectl exec -i`). Its exit code is the command's.
     pub fn exec(
         &self,
         uid: &str,
         container: &str,
         command: &[String],
-    ) -> Result<tokio::process::Child, RuntimeError> {
+    ) -> Result<Spawned, RuntimeError> {
         let pod = self.pod(uid)?;
         if !pod.is_running(container) {
             return Err(RuntimeError::Container {
@@ -384,7 +390,8 @@ impl Runtime {
         }
         let attempt = pod.attempts(container).last().copied().unwrap_or(0);
         let instance = pod.container_dir(container).join(attempt.to_string());
-        tokio::process::Command::new(&self.node.shim.program)
+        let mut process = std::process::Command::new(&self.node.shim.program);
+        process
             .args(&self.node.shim.args)
             .arg("exec")
             .arg(&instance)
@@ -392,16 +399,23 @@ impl Runtime {
             .args(command)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .stderr(std::process::Stdio::piped());
+        self.node
+            .spawner
+            .spawn(&mut process)
             .map_err(io("starting exec for", &instance))
     }
 
     /// Stops managing pods without touching their containers, as when the runtime
     /// service restarts: the shims keep the containers running, and the next
-    /// [`Runtime::open`] re-attaches to them.
+    /// [`Runtime::open`] re-attaches to them. Dropping the runtime does the same.
     pub fn detach(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
         for (_, entry) in std::mem::take(&mut *self.pods()) {
             entry.worker.abort();
         }

@@ -459,20 +459,15 @@ async fn probes_flip_readiness_and_a_failed_liveness_probe_restarts() {
     .await;
     let run = |command: &[&str]| {
         let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-        node.runtime().exec(&uid, "web", &command).unwrap()
+        node.runtime().exec(&uid, "web", &command).unwrap().exit
     };
-    let output = run(&["rm", "/tmp/ready"]).wait_with_output().await.unwrap();
-    assert!(output.status.success(), "{output:?}");
+    assert_eq!(run(&["rm", "/tmp/ready"]).await.unwrap(), 0);
     eventually(&node, "readiness to drop", Duration::from_secs(30), || {
         (!container(&node.status(&uid), "web").ready).then_some(())
     })
     .await;
     assert!(node.status(&uid).container_statuses[0].restart_count == 0);
-    let output = run(&["rm", "/www/index.html"])
-        .wait_with_output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    assert_eq!(run(&["rm", "/www/index.html"]).await.unwrap(), 0);
     eventually(
         &node,
         "the liveness probe to restart it",
@@ -531,7 +526,8 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
     .await;
     assert_eq!(log, "prepared\nhi there\nfull\n");
     // The config map is read-only inside.
-    let output = node
+    // The config map is read-only inside; exec reports the command's output and code.
+    let mut exec = node
         .runtime()
         .exec(
             &uid,
@@ -539,14 +535,26 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
             &[
                 "sh".into(),
                 "-c".into(),
-                "echo x > /etc/conf/greeting".into(),
+                "cat /etc/conf/greeting; echo x > /etc/conf/greeting".into(),
             ],
         )
-        .unwrap()
-        .wait_with_output()
-        .await
         .unwrap();
-    assert!(!output.status.success());
+    let mut output = String::new();
+    {
+        use tokio::io::AsyncReadExt;
+        let stdout = exec.stdout.take().unwrap();
+        cairn_runtime::process::async_reader(stdout)
+            .unwrap()
+            .read_to_string(&mut output)
+            .await
+            .unwrap();
+    }
+    assert_eq!(output, "hi there");
+    assert_ne!(
+        exec.exit.await.unwrap(),
+        0,
+        "writing a config map volume fails"
+    );
     let stopping = Instant::now();
     node.runtime().stop_pod(&uid, None).await.unwrap();
     assert!(
