@@ -123,6 +123,7 @@ impl Secrets {
                 sysctls: Default::default(),
                 kernel_modules: Vec::new(),
                 certs,
+                pods: Vec::new(),
             },
             cluster: Some(ClusterSpec {
                 name: self.cluster_name.clone(),

@@ -56,6 +56,11 @@ pub mod paths {
     pub const STORE_MEMBERS: &str = "/v1/store/members";
     /// Store keys (debug access).
     pub const STORE_KV: &str = "/v1/store/kv";
+    /// Pods on the node (GET); a container's log is
+    /// `/v1/pods/{namespace}/{name}/containers/{container}/logs`.
+    pub const PODS: &str = "/v1/pods";
+    /// Images: list (GET), import an archive (POST), remove (`DELETE ?name=`).
+    pub const IMAGES: &str = "/v1/images";
 }
 
 /// The least role each call needs.
@@ -65,6 +70,8 @@ pub fn required_role(method: &str, path: &str) -> Role {
         ("GET", p) if p.starts_with(paths::STORE_KV) => Role::Admin,
         ("GET", _) => Role::Reader,
         ("POST", paths::REBOOT) => Role::Operator,
+        // Importing images changes what the node can run: operators may.
+        ("POST", paths::IMAGES) => Role::Operator,
         ("POST", p) if p.starts_with(paths::SERVICES) && p.ends_with("/restart") => Role::Operator,
         _ => Role::Admin,
     }
@@ -297,6 +304,64 @@ pub struct KvList {
     pub revision: u64,
     /// The keys.
     pub entries: Vec<KvEntry>,
+}
+
+/// One container of a pod, as `GET /v1/pods` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInfo {
+    /// Its name.
+    pub name: String,
+    /// Its image reference.
+    pub image: String,
+    /// An init container (or sidecar).
+    pub init: bool,
+    /// `running`, `waiting` or `terminated`.
+    pub state: String,
+    /// Why it waits or how it ended (`CrashLoopBackOff`, `OOMKilled`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// More about the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The exit code, once terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// How often it was restarted.
+    pub restart_count: i32,
+}
+
+/// A pod on the node, as `GET /v1/pods` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid on the node.
+    pub uid: String,
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    pub phase: String,
+    /// What is wrong, if something is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Its containers, init containers first.
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// An image on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    /// Its name.
+    pub name: String,
+    /// The manifest digest.
+    pub digest: String,
+    /// Bytes of its blobs.
+    pub size: u64,
 }
 
 /// A plain acknowledgement.

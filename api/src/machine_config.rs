@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
 use crate::pki;
@@ -119,6 +120,10 @@ pub struct MachineSpec {
     pub kernel_modules: Vec<KernelModuleSpec>,
     /// The cluster CA and this node's machine API certificate.
     pub certs: CertsSpec,
+    /// Static pods: Kubernetes `Pod` manifests the node runs by itself, without the
+    /// cluster (as the kubelet's static pods and Talos' `machine.pods`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<serde_json::Value>,
 }
 
 /// The role a node plays in its cluster.
@@ -442,8 +447,24 @@ impl MachineConfig {
             }
         }
         check_certs(&machine.certs, &mut problems);
+        for (i, pod) in machine.pods.iter().enumerate() {
+            if let Err(mut pod_problems) = static_pod(pod, &format!("machine.pods[{i}]")) {
+                problems.append(&mut pod_problems);
+            }
+        }
         self.check_cluster(&interfaces, &mut problems);
         problems
+    }
+
+    /// The static pods of `machine.pods`, parsed (invalid ones left out; `validate`
+    /// reports them).
+    pub fn static_pods(&self) -> Vec<Pod> {
+        self.machine
+            .pods
+            .iter()
+            .enumerate()
+            .filter_map(|(i, pod)| static_pod(pod, &format!("machine.pods[{i}]")).ok())
+            .collect()
     }
 
     fn check_cluster(&self, interfaces: &[Interface], problems: &mut Vec<FieldError>) {
@@ -743,6 +764,7 @@ pub fn changes(old: &MachineConfig, new: &MachineConfig) -> ConfigChanges {
     );
     note(a.sysctls != b.sysctls, "machine.sysctls", true);
     note(a.certs != b.certs, "machine.certs", true);
+    note(a.pods != b.pods, "machine.pods", true);
     note(a.machine_type != b.machine_type, "machine.type", false);
     note(a.install != b.install, "machine.install", false);
     note(
@@ -752,6 +774,111 @@ pub fn changes(old: &MachineConfig, new: &MachineConfig) -> ConfigChanges {
     );
     note(old.cluster != new.cluster, "cluster", false);
     result
+}
+
+/// Whether `name` is a DNS-1123 label (container names) or, with `dots`, subdomain
+/// (pod names).
+fn is_dns_name(name: &str, dots: bool) -> bool {
+    let max = if dots { 253 } else { 63 };
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Parses and checks one static pod manifest at `path`.
+fn static_pod(value: &serde_json::Value, path: &str) -> Result<Pod, Vec<FieldError>> {
+    let pod: Pod = serde_json::from_value(value.clone())
+        .map_err(|e| vec![FieldError::new(path, format!("is not a Pod: {e}"))])?;
+    let mut problems = Vec::new();
+    if let Some(kind) = value.get("kind").and_then(|k| k.as_str())
+        && kind != "Pod"
+    {
+        problems.push(FieldError::new(
+            format!("{path}.kind"),
+            format!("{kind:?} is not Pod"),
+        ));
+    }
+    match pod.metadata.name.as_deref() {
+        Some(name) if is_dns_name(name, true) => {}
+        Some(name) => problems.push(FieldError::new(
+            format!("{path}.metadata.name"),
+            format!("{name:?} is not a DNS-1123 subdomain"),
+        )),
+        None => problems.push(FieldError::new(
+            format!("{path}.metadata.name"),
+            "is required",
+        )),
+    }
+    if let Some(namespace) = &pod.metadata.namespace
+        && !is_dns_name(namespace, false)
+    {
+        problems.push(FieldError::new(
+            format!("{path}.metadata.namespace"),
+            format!("{namespace:?} is not a DNS-1123 label"),
+        ));
+    }
+    let Some(spec) = &pod.spec else {
+        problems.push(FieldError::new(format!("{path}.spec"), "is required"));
+        return Err(problems);
+    };
+    if spec.containers.is_empty() {
+        problems.push(FieldError::new(
+            format!("{path}.spec.containers"),
+            "needs at least one container",
+        ));
+    }
+    if let Some(policy) = &spec.restart_policy
+        && !["Always", "OnFailure", "Never"].contains(&policy.as_str())
+    {
+        problems.push(FieldError::new(
+            format!("{path}.spec.restartPolicy"),
+            format!("{policy:?} is not Always, OnFailure or Never"),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| (format!("{path}.spec.initContainers[{i}]"), c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("{path}.spec.containers[{i}]"), c)),
+        );
+    for (container_path, container) in all {
+        if !is_dns_name(&container.name, false) {
+            problems.push(FieldError::new(
+                format!("{container_path}.name"),
+                format!("{:?} is not a DNS-1123 label", container.name),
+            ));
+        } else if !seen.insert(container.name.clone()) {
+            problems.push(FieldError::new(
+                format!("{container_path}.name"),
+                format!(
+                    "{:?} is used by another container of the pod",
+                    container.name
+                ),
+            ));
+        }
+        if container.image.as_deref().is_none_or(str::is_empty) {
+            problems.push(FieldError::new(
+                format!("{container_path}.image"),
+                "is required",
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(pod)
+    } else {
+        Err(problems)
+    }
 }
 
 fn check_certs(certs: &CertsSpec, problems: &mut Vec<FieldError>) {
@@ -972,6 +1099,46 @@ mod tests {
             interfaces[1].selector,
             LinkSelector::Mac([0x52, 0x54, 0, 0xaa, 0xbb, 1])
         );
+    }
+
+    #[test]
+    fn static_pods_are_checked_and_parsed_and_change_live() {
+        let mut config = valid();
+        let mut with_pod = config.clone();
+        with_pod.machine.pods = vec![serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "main", "image": "busybox",
+                "resources": {"limits": {"memory": "64Mi"}}}]}})];
+        let yaml = with_pod.to_yaml().unwrap();
+        assert!(yaml.contains("memory: 64Mi"), "{yaml}");
+        let with_pod = MachineConfig::from_yaml(&yaml).expect("a config with a static pod");
+        assert!(
+            with_pod.validate().is_empty(),
+            "{:?}",
+            problems_of(&with_pod)
+        );
+        let pods = with_pod.static_pods();
+        assert_eq!(pods[0].metadata.name.as_deref(), Some("web"));
+        assert_eq!(changes(&config, &with_pod).live, ["machine.pods"]);
+        config.machine.pods = vec![
+            serde_json::json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [
+                {"name": "a", "image": "x"}, {"name": "a"}]}}),
+            serde_json::json!({"metadata": {"name": "ok"}, "spec": {"containers": [],
+                "restartPolicy": "Sometimes"}}),
+            serde_json::json!({"metadata": {"name": 7}}),
+        ];
+        assert_eq!(
+            paths_of(&config),
+            [
+                "machine.pods[0].metadata.name",
+                "machine.pods[0].spec.containers[1].name",
+                "machine.pods[0].spec.containers[1].image",
+                "machine.pods[1].spec.containers",
+                "machine.pods[1].spec.restartPolicy",
+                "machine.pods[2]",
+            ]
+        );
+        assert!(config.static_pods().is_empty());
     }
 
     #[test]

@@ -127,6 +127,50 @@ pub enum Command {
     /// Read or write store keys directly (debugging; admin only).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Container images on the nodes.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The pods on the nodes, with their containers.
+    Pods,
+    /// A container's log, as `kubectl logs` shows it.
+    PodLogs {
+        /// The pod: `name` (namespace `default`) or `namespace/name`.
+        pod: String,
+        /// The container (needed when the pod has several).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Keep following the log.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// The previous instance of a restarted container.
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Prefix lines with their times.
+        #[arg(long)]
+        timestamps: bool,
+    },
+}
+
+/// `cairnctl image …`.
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import {
+        /// The archive or layout directory.
+        file: PathBuf,
+    },
+    /// The images on the nodes.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove an image (and its blobs no other image uses).
+    #[command(alias = "remove")]
+    Rm {
+        /// The image's name, as `image ls` shows it.
+        name: String,
+    },
 }
 
 /// `cairnctl members …`.

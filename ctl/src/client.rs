@@ -364,6 +364,43 @@ impl NodeClient {
         serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
     }
 
+    /// `POST` raw bytes (an image archive) and read a JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<T, ClientError> {
+        let mut request = self.request(Method::POST, path, bytes)?;
+        request.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_str(content_type)
+                .map_err(|e| self.protocol(e.to_string()))?,
+        );
+        let response = self.send(request).await?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// `DELETE` and read a JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .send(self.request(Method::DELETE, path, Vec::new())?)
+            .await?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
+    }
+
     /// `GET` a line stream, calling `line` for each line until the stream ends.
     pub async fn stream(&self, path: &str, mut line: impl FnMut(&str)) -> Result<(), ClientError> {
         let response = self
@@ -380,6 +417,10 @@ impl NodeClient {
                     line(String::from_utf8_lossy(&text[..text.len() - 1]).as_ref());
                 }
             }
+        }
+        if !pending.is_empty() {
+            // The stream ended mid-line: the rest is a line too.
+            line(String::from_utf8_lossy(&pending).as_ref());
         }
         Ok(())
     }

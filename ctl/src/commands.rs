@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use cairn_api::machine_api::{
-    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, KvList, KvPut, Persistence, ServiceInfo,
-    StoreMembers, VersionInfo, paths,
+    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, ImageInfo, KvList, KvPut, Persistence,
+    PodInfo, ServiceInfo, StoreMembers, VersionInfo, paths,
 };
 use cairn_api::machine_config::MachineConfig;
 use futures::future::join_all;
 
 use crate::cli::{
-    Command, GetCommand, Global, MembersCommand, Output, ServiceCommand, StoreCommand,
+    Command, GetCommand, Global, ImageCommand, MembersCommand, Output, ServiceCommand, StoreCommand,
 };
 use crate::client::{ClientError, NodeClient};
 use crate::output::{Table, print};
@@ -55,6 +55,41 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             tail,
         } => {
             let mut path = format!("/v1/services/{service}/logs?follow={follow}");
+            if let Some(tail) = tail {
+                path.push_str(&format!("&tail={tail}"));
+            }
+            streams(&clients, &path).await
+        }
+        Command::Image(ImageCommand::Import { file }) => {
+            import_image(global.output, &clients, &file).await
+        }
+        Command::Image(ImageCommand::Ls) => images(global.output, &clients).await,
+        Command::Image(ImageCommand::Rm { name }) => {
+            let path = format!("{}?name={}", paths::IMAGES, query_escape(&name));
+            let (results, ok) = each(&clients, |c| c.delete::<Ack>(&path)).await;
+            for (node, ack) in results {
+                println!("{node}: {}", ack.message);
+            }
+            Ok(ok)
+        }
+        Command::Pods => pods(global.output, &clients).await,
+        Command::PodLogs {
+            pod,
+            container,
+            follow,
+            tail,
+            previous,
+            timestamps,
+        } => {
+            let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
+            let container = match container {
+                Some(container) => container,
+                None => only_container(&clients, namespace, name).await?,
+            };
+            let mut path = format!(
+                "{}/{namespace}/{name}/containers/{container}/logs?follow={follow}&previous={previous}&timestamps={timestamps}",
+                paths::PODS
+            );
             if let Some(tail) = tail {
                 path.push_str(&format!("&tail={tail}"));
             }
@@ -214,6 +249,150 @@ async fn services(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool
     let (results, ok) = each(clients, |c| c.get::<Vec<ServiceInfo>>(paths::SERVICES)).await;
     print(format, &by_node(&results), || service_table(&results))?;
     Ok(ok)
+}
+
+/// Escapes a query value (image names hold `/`, `:` and `@`).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The archive to send for `file`: the file itself, or a directory (an OCI layout)
+/// packed as a tar.
+fn archive(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if meta.is_file() {
+        return std::fs::read(file).with_context(|| format!("cannot read {}", file.display()));
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder
+        .append_dir_all(".", file)
+        .with_context(|| format!("cannot pack {}", file.display()))?;
+    builder.into_inner().context("cannot pack the layout")
+}
+
+async fn import_image(
+    format: Output,
+    clients: &[NodeClient],
+    file: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let bytes = archive(file)?;
+    let (results, ok) = each(clients, |c| {
+        c.post_bytes::<Vec<ImageInfo>>(paths::IMAGES, bytes.clone(), "application/x-tar")
+    })
+    .await;
+    print(format, &by_node(&results), || image_table(&results))?;
+    Ok(ok)
+}
+
+fn image_table(results: &[(&str, Vec<ImageInfo>)]) -> String {
+    let mut table = Table::new(&["NODE", "IMAGE", "DIGEST", "SIZE"]);
+    for (node, images) in results {
+        for image in images {
+            table.row(vec![
+                (*node).to_owned(),
+                image.name.clone(),
+                image.digest.chars().take(19).collect(),
+                format!("{:.1} MiB", image.size as f64 / (1 << 20) as f64),
+            ]);
+        }
+    }
+    table.render()
+}
+
+async fn images(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<Vec<ImageInfo>>(paths::IMAGES)).await;
+    print(format, &by_node(&results), || image_table(&results))?;
+    Ok(ok)
+}
+
+fn pod_table(results: &[(&str, Vec<PodInfo>)]) -> String {
+    let mut table = Table::new(&[
+        "NODE",
+        "NAMESPACE",
+        "POD",
+        "PHASE",
+        "CONTAINER",
+        "STATE",
+        "READY",
+        "RESTARTS",
+    ]);
+    for (node, pods) in results {
+        for pod in pods {
+            for container in &pod.containers {
+                let state = match (&container.reason, container.exit_code) {
+                    (Some(reason), Some(code)) => {
+                        format!("{} ({reason}, exit {code})", container.state)
+                    }
+                    (Some(reason), None) => format!("{} ({reason})", container.state),
+                    (None, Some(code)) => format!("{} (exit {code})", container.state),
+                    (None, None) => container.state.clone(),
+                };
+                table.row(vec![
+                    (*node).to_owned(),
+                    pod.namespace.clone(),
+                    pod.name.clone(),
+                    pod.phase.clone(),
+                    if container.init {
+                        format!("{} (init)", container.name)
+                    } else {
+                        container.name.clone()
+                    },
+                    state,
+                    container.ready.to_string(),
+                    container.restart_count.to_string(),
+                ]);
+            }
+        }
+    }
+    table.render()
+}
+
+async fn pods(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<Vec<PodInfo>>(paths::PODS)).await;
+    print(format, &by_node(&results), || pod_table(&results))?;
+    Ok(ok)
+}
+
+/// The one app container of a pod, for `pod-logs` without `-c`.
+async fn only_container(
+    clients: &[NodeClient],
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    for client in clients {
+        let Ok(pods) = client.get::<Vec<PodInfo>>(paths::PODS).await else {
+            continue;
+        };
+        if let Some(pod) = pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+        {
+            let apps: Vec<&str> = pod
+                .containers
+                .iter()
+                .filter(|c| !c.init)
+                .map(|c| c.name.as_str())
+                .collect();
+            return match apps.as_slice() {
+                [only] => Ok((*only).to_owned()),
+                many => bail!(
+                    "pod {namespace}/{name} has several containers ({}): choose one with -c",
+                    many.join(", ")
+                ),
+            };
+        }
+    }
+    bail!("no pod {namespace}/{name} on the chosen nodes")
 }
 
 async fn acks(clients: &[NodeClient], path: &str) -> anyhow::Result<bool> {

@@ -170,6 +170,8 @@ pub struct NodeContext {
     pub listen: SocketAddr,
     /// The replicated store, on control planes.
     pub store: crate::services::store::StoreHandle,
+    /// The container runtime.
+    pub runtime: crate::services::runtime::RuntimeHandle,
 }
 
 /// Who is calling: from the client certificate.
@@ -269,6 +271,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route(paths::STORE_MEMBERS, get(store_members))
         .route("/v1/store/members/{id}/remove", post(store_remove))
         .route(paths::STORE_KV, get(store_get).post(store_put))
+        .merge(crate::api_runtime::routes())
         .layer(middleware::from_fn(authorize))
         .with_state(ctx)
 }

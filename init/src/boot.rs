@@ -43,6 +43,7 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
+use crate::services::runtime::{RuntimeService, RuntimeSettings};
 use crate::services::store::{StoreService, StoreSettings};
 use crate::services::{self, UnknownTestService};
 use crate::state_disk::{self, STATE_DIR, StateDiskError};
@@ -104,6 +105,8 @@ pub struct BootContext {
     pub state: NodeState,
     /// The store, once it runs (control planes).
     pub store: crate::services::store::StoreHandle,
+    /// The container runtime, once it runs.
+    pub runtime: crate::services::runtime::RuntimeHandle,
     /// When the process started.
     pub started: Instant,
 }
@@ -633,7 +636,11 @@ pub enum ServicesPhaseError {
     Store(#[from] crate::services::store::StoreSetupError),
 }
 
-async fn start_machine_api(ctx: &BootContext, settled: &Settled) -> Result<(), ServicesPhaseError> {
+/// Starts the machine API; returns the config manager it serves.
+async fn start_machine_api(
+    ctx: &BootContext,
+    settled: &Settled,
+) -> Result<Arc<ConfigManager>, ServicesPhaseError> {
     let tls = TlsState::default();
     tls.reload(
         &settled.config,
@@ -659,10 +666,12 @@ async fn start_machine_api(ctx: &BootContext, settled: &Settled) -> Result<(), S
         tls,
         listen: ctx.options.api_listen,
         store: ctx.store.clone(),
+        runtime: ctx.runtime.clone(),
     });
+    let manager = Arc::clone(&node.config);
     ctx.supervisor
         .start(Arc::new(MachineApiService::new(node)))?;
-    Ok(())
+    Ok(manager)
 }
 
 async fn start_services(
@@ -671,13 +680,34 @@ async fn start_services(
     leases: Vec<(Link, Option<Lease>)>,
     test_services: &[String],
 ) -> Result<(), ServicesPhaseError> {
-    start_machine_api(ctx, settled).await?;
+    let config_manager = start_machine_api(ctx, settled).await?;
+    let state_dir = settled.state_dir.clone().unwrap_or_else(|| match ctx.host {
+        // Without a disk the store and the runtime live in RAM, like the rest of an
+        // ephemeral node.
+        Host::Pid1 { .. } => PathBuf::from("/run/cairn"),
+        Host::Hosted => std::env::temp_dir().join(format!("cairn-node-{}", std::process::id())),
+    });
+    let node_name = settled
+        .config
+        .machine
+        .hostname
+        .clone()
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "node".into());
+    ctx.supervisor.start(Arc::new(RuntimeService::new(
+        RuntimeSettings {
+            root: state_dir.join("runtime"),
+            node_name,
+            ephemeral: settled.state_dir.is_none(),
+        },
+        config_manager,
+        ctx.runtime.clone(),
+    )))?;
     if settled.config.machine.machine_type == cairn_api::machine_config::MachineType::Controlplane {
-        let state_dir = settled.state_dir.clone().unwrap_or_else(|| match ctx.host {
-            // Without a disk the store lives in RAM, like the rest of an ephemeral node.
-            Host::Pid1 { .. } => PathBuf::from("/run/cairn"),
-            Host::Hosted => std::env::temp_dir().join(format!("cairn-node-{}", std::process::id())),
-        });
         let names = live::node_names(&settled.config, &ctx.host).await;
         let settings = StoreSettings::from_config(
             &settled.config,

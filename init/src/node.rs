@@ -45,6 +45,7 @@ pub async fn run(
         power_requests: power_tx,
         state: state.clone(),
         store: crate::services::store::StoreHandle::default(),
+        runtime: crate::services::runtime::RuntimeHandle::default(),
         started,
     };
 

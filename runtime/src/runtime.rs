@@ -222,6 +222,51 @@ impl Runtime {
         &self.node.images
     }
 
+    /// The runtime's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Removes the image `name` with its blobs and unpacked layers that no other image
+    /// uses; refused while a pod on the node uses it. `Ok(false)`: no such image.
+    pub fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
+        let Some(image) = self.node.images.get(name) else {
+            return Ok(false);
+        };
+        for entry in self.pods().values() {
+            let spec = &entry.pod.record.spec;
+            let users = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .filter_map(|c| c.image.as_deref())
+                .filter_map(|reference| self.node.images.resolve(reference));
+            for used in users {
+                if used.manifest == image.manifest {
+                    return Err(RuntimeError::Container {
+                        pod: entry.pod.record.identity.uid.clone(),
+                        message: format!(
+                            "image {name} is used by pod {}/{}; remove the pod first",
+                            entry.pod.record.identity.namespace, entry.pod.record.identity.name
+                        ),
+                    });
+                }
+            }
+        }
+        self.node.images.remove(name)?;
+        self.node.images.gc()?;
+        let keep = self
+            .node
+            .images
+            .list()
+            .into_iter()
+            .flat_map(|image| image.layers)
+            .collect();
+        self.node.layers.retain(&keep)?;
+        Ok(true)
+    }
+
     /// Runs the pod unless it already runs here (pods are immutable; a changed spec
     /// for a known uid is ignored, as the kubelet does for all but images).
     pub fn ensure_pod(&self, request: PodRequest) -> Result<(), RuntimeError> {
@@ -269,6 +314,19 @@ impl Runtime {
         pod.request_stop(grace);
         pod.finished().await;
         Ok(())
+    }
+
+    /// Stops every pod's containers for a node shutdown, each within its own grace
+    /// period capped at `grace`, without marking the pods stopped: a runtime opened on
+    /// the same state later runs them again.
+    pub async fn stop_all(&self, grace: Duration) {
+        let pods: Vec<Arc<Pod>> = self.pods().values().map(|e| Arc::clone(&e.pod)).collect();
+        for pod in &pods {
+            pod.request_stop(Some(grace.min(pod.grace_period())));
+        }
+        for pod in pods {
+            pod.finished().await;
+        }
     }
 
     /// Stops the pod if needed (without a grace period unless it already stopped) and
