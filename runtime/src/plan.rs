@@ -545,6 +545,7 @@ pub fn plan_container(
         seccomp,
         mounts,
         oom_score_adj: None,
+        cgroup_namespace: false,
     })
 }
 

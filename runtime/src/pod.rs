@@ -88,6 +88,8 @@ pub struct NodeContext {
     pub state_root: PathBuf,
     /// Where container logs go (`/var/log/pods`).
     pub log_root: PathBuf,
+    /// The node runs from its initramfs: containers `chroot` instead of `pivot_root`.
+    pub no_pivot: bool,
 }
 
 /// A pod as the runtime keeps it on disk (`pod.json`): no secrets.
@@ -1010,7 +1012,7 @@ fn prepare_instance(
         record.identity.uid,
         container.name
     );
-    let plan = plan_container(
+    let mut plan = plan_container(
         &ctx,
         container,
         &path,
@@ -1020,6 +1022,7 @@ fn prepare_instance(
         mounts,
     )
     .map_err(config_error)?;
+    plan.cgroup_namespace = node.cgroups == CgroupLayout::Unified;
     std::fs::create_dir_all(log_dir)
         .map_err(|e| create_error(format!("creating {}: {e}", log_dir.display())))?;
     let bundle = dir.join("bundle");
@@ -1035,6 +1038,7 @@ fn prepare_instance(
             target: bundle.join("rootfs"),
         },
         cgroup,
+        no_pivot: node.no_pivot,
     };
     let spec = plan
         .oci_spec(config.rootfs.target.clone())

@@ -137,6 +137,22 @@ impl LayerCache {
     }
 }
 
+/// Whether the node's own root is the initramfs (`rootfs`/`ramfs`), which cannot be
+/// `pivot_root`ed away: containers then enter their root by moving it over `/` and
+/// `chroot`ing into it, as runc's `--no-pivot` does.
+pub fn host_root_is_ramfs() -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // The last mount on `/` wins; its file system type follows the ` - ` separator.
+    mountinfo
+        .lines()
+        .rfind(|line| line.split(' ').nth(4) == Some("/"))
+        .and_then(|line| line.split(" - ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .is_some_and(|fstype| fstype == "rootfs" || fstype == "ramfs")
+}
+
 /// The overlay mount of one container's root.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OverlayRoot {

@@ -171,6 +171,7 @@ impl Runtime {
             backoff: config.backoff,
             state_root: root.join("containers"),
             log_root: config.log_root.clone(),
+            no_pivot: crate::rootfs::host_root_is_ramfs(),
         });
         let runtime = Self {
             node,

@@ -44,6 +44,10 @@ pub struct ShimConfig {
     pub rootfs: OverlayRoot,
     /// The container's cgroup (read for OOM kills after it exits).
     pub cgroup: String,
+    /// Enter the root with `chroot` instead of `pivot_root` (the node runs from its
+    /// initramfs).
+    #[serde(default)]
+    pub no_pivot: bool,
 }
 
 /// What a container is doing, as its shim last recorded it (`status.json`).
@@ -417,6 +421,7 @@ fn start_container(config: &ShimConfig) -> Result<Started, String> {
         .with_stderr(stderr_write)
         .as_init(&config.bundle)
         .with_systemd(false)
+        .with_no_pivot(config.no_pivot)
         .with_detach(true)
         .build()
         .map_err(|err| format!("creating the container: {err}"))?;

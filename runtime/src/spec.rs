@@ -162,6 +162,9 @@ pub struct ContainerPlan {
     pub mounts: Vec<BindMount>,
     /// `oom_score_adj` of the container's processes.
     pub oom_score_adj: Option<i32>,
+    /// A cgroup namespace of its own, so `/sys/fs/cgroup` inside shows the
+    /// container's cgroup as the root (cgroup v2 hosts, as containerd does).
+    pub cgroup_namespace: bool,
 }
 
 /// Every capability the kernel knows (what `privileged` containers get).
@@ -297,6 +300,13 @@ impl ContainerPlan {
                 .typ(LinuxNamespaceType::Mount)
                 .build()?,
         ];
+        if self.cgroup_namespace {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Cgroup)
+                    .build()?,
+            );
+        }
         // A namespace left out is the node's own.
         for (typ, path) in [
             (LinuxNamespaceType::Network, &self.namespaces.net),
@@ -403,6 +413,7 @@ mod tests {
             seccomp: SeccompProfile::RuntimeDefault,
             mounts: vec![],
             oom_score_adj: None,
+            cgroup_namespace: true,
         }
     }
 
