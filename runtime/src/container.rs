@@ -254,7 +254,7 @@ impl Instance {
                 );
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let dir = self.paths.dir().to_owned();
         tokio::task::spawn_blocking(move || {

@@ -184,7 +184,9 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
-/// Writes `value` as JSON to `path` atomically (temporary file, fsync, rename).
+/// Writes `value` as JSON to `path` atomically (temporary file, rename): readers never
+/// see a partial file. Not fsynced: these files describe processes, which a power
+/// loss ends anyway, and a sync per container start and exit costs milliseconds.
 pub(crate) fn write_json_atomically(path: &Path, value: &impl Serialize) -> Result<(), ShimError> {
     let temporary = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| ShimError::Json {
@@ -193,7 +195,6 @@ pub(crate) fn write_json_atomically(path: &Path, value: &impl Serialize) -> Resu
     })?;
     let mut file = File::create(&temporary).map_err(io_err("writing", &temporary))?;
     file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
         .map_err(io_err("writing", &temporary))?;
     std::fs::rename(&temporary, path).map_err(io_err("renaming", &temporary))
 }

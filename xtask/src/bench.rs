@@ -24,6 +24,12 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Container create/start/wait/delete against runc and crun, and pod start.
+    Runtime {
+        /// Runs per runtime.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
     /// The replicated store against etcd 3.4 under the same load.
     Store {
         /// Seconds per phase.
@@ -37,6 +43,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Boot { runs } => boot(runs),
         Which::Store { seconds } => crate::bench_store::run(seconds),
+        Which::Runtime { runs } => crate::bench_runtime::run(runs),
     }
 }
 

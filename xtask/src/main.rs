@@ -8,6 +8,7 @@
 //! - `test-images`: OCI test images built without a network (busybox).
 
 mod bench;
+mod bench_runtime;
 mod bench_store;
 mod build;
 mod demo;
