@@ -152,10 +152,19 @@ async fn container_log(
         timestamps: query.timestamps,
     };
     tokio::task::spawn_blocking(move || {
-        let result = runtime.read_log(&pod.uid, &container, query.previous, &options, |chunk| {
-            tx.blocking_send(Bytes::copy_from_slice(chunk))
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
-        });
+        let closed = tx.clone();
+        let wanted = move || !closed.is_closed();
+        let result = runtime.read_log(
+            &pod.uid,
+            &container,
+            query.previous,
+            &options,
+            wanted,
+            |chunk| {
+                tx.blocking_send(Bytes::copy_from_slice(chunk))
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            },
+        );
         if let Err(err) = result {
             let _ = tx.blocking_send(Bytes::from(format!("\n(log read failed: {err})\n")));
         }

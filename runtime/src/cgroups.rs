@@ -86,6 +86,30 @@ impl CgroupLayout {
         })
     }
 
+    /// Sends SIGKILL to every process in `cgroup` (and below, on cgroup v2); for
+    /// containers whose shim is gone. A cgroup that does not exist is fine.
+    pub fn kill_all(self, cgroup: &str) {
+        if self == CgroupLayout::Unified {
+            let kill = self.dir("", cgroup).join("cgroup.kill");
+            if kill.exists() && std::fs::write(&kill, "1").is_ok() {
+                return;
+            }
+        }
+        for controller in ["pids", "memory", "cpu"] {
+            let procs = self.dir(controller, cgroup).join("cgroup.procs");
+            let Ok(text) = std::fs::read_to_string(&procs) else {
+                continue;
+            };
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return;
+        }
+    }
+
     /// Removes `cgroup` and everything below it, deepest first, in every hierarchy;
     /// a cgroup that does not exist is fine. Fails if one still holds processes.
     pub fn remove_tree(self, cgroup: &str) -> io::Result<()> {

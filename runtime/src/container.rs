@@ -10,6 +10,7 @@ use oci_spec::runtime::Spec;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::cgroups::CgroupLayout;
 use crate::process::Spawner;
 use crate::rootfs::OverlayRoot;
 use crate::shim::{Request, ShimConfig, ShimError, ShimPaths, ShimStatus, read_json};
@@ -234,6 +235,27 @@ impl Instance {
             .then_some(pid)
     }
 
+    /// Ends an instance whose shim cannot be relied on (gone, hung): kills the shim and
+    /// every process left in the container's cgroup, forgets libcontainer's state of
+    /// it and unmounts its root. Harmless on an instance that ended normally.
+    pub async fn abandon(&self) {
+        if let Some(pid) = self.shim_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let Ok(config) = read_json::<ShimConfig>(&self.paths.config()) else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            CgroupLayout::detect().kill_all(&config.cgroup);
+            let _ = std::fs::remove_dir_all(config.state_root.join(&config.id));
+            let _ = OverlayRoot::unmount(&config.rootfs.target);
+        })
+        .await;
+    }
+
     /// Removes the instance's directory once its container has exited and its shim
     /// has finished (a shim still there after 5 s is killed). Unmounts the root first
     /// in case a shim died without doing so.
@@ -256,6 +278,8 @@ impl Instance {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // Whatever the shim left (it may have died without finishing): gone now.
+        self.abandon().await;
         let dir = self.paths.dir().to_owned();
         tokio::task::spawn_blocking(move || {
             if let Ok(config) = read_json::<ShimConfig>(&dir.join("shim.json")) {

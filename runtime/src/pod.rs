@@ -575,19 +575,23 @@ async fn run_inner(
         .restart_policy
         .clone()
         .unwrap_or_else(|| "Always".into());
-    let mut sidecars: Vec<(String, tokio::task::JoinHandle<()>)> = Vec::new();
+    let mut sidecars: Vec<Sidecar> = Vec::new();
     // Init containers, in order.
     for init in spec.init_containers.iter().flatten() {
         if pod.stopping() {
             break;
         }
         if init.restart_policy.as_deref() == Some("Always") {
+            // A sidecar outlives the pod's stop request until the app containers are
+            // gone: it has a stop signal of its own.
+            let (stop_tx, stop_rx) = watch::channel(None);
             let task = tokio::spawn(supervise(
                 Arc::clone(node),
                 Arc::clone(pod),
                 Arc::clone(&setup),
                 init.clone(),
                 "Always".into(),
+                stop_rx,
             ));
             // The next init container starts once the sidecar runs (and passed its
             // startup probe).
@@ -606,7 +610,10 @@ async fn run_inner(
                     _ = stop.changed() => {}
                 }
             }
-            sidecars.push((init.name.clone(), task));
+            sidecars.push(Sidecar {
+                stop: stop_tx,
+                task,
+            });
             continue;
         }
         let init_policy = if policy == "Never" {
@@ -620,6 +627,7 @@ async fn run_inner(
             Arc::clone(&setup),
             init.clone(),
             init_policy.into(),
+            pod.stop.subscribe(),
         )
         .await;
         let succeeded = pod
@@ -658,6 +666,7 @@ async fn run_inner(
                 Arc::clone(&setup),
                 container.clone(),
                 policy.clone(),
+                pod.stop.subscribe(),
             )));
         }
     }
@@ -672,14 +681,49 @@ async fn run_inner(
     Ok(())
 }
 
-/// Stops sidecars in the reverse order of their start.
-async fn stop_sidecars(pod: &Arc<Pod>, sidecars: Vec<(String, tokio::task::JoinHandle<()>)>) {
-    if sidecars.is_empty() {
-        return;
-    }
-    pod.request_stop(None);
-    for (_, task) in sidecars.into_iter().rev() {
-        let _ = task.await;
+/// A running sidecar: its supervisor and its own stop signal.
+struct Sidecar {
+    stop: watch::Sender<Option<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Stops sidecars one after the other in the reverse order of their start, each with
+/// the pod's grace period (or the one its stop asked for).
+async fn stop_sidecars(pod: &Arc<Pod>, sidecars: Vec<Sidecar>) {
+    for sidecar in sidecars.into_iter().rev() {
+        let mut pod_stop = pod.stop.subscribe();
+        let grace = pod_stop
+            .borrow_and_update()
+            .unwrap_or_else(|| pod.grace_period());
+        sidecar.stop.send_replace(Some(grace));
+        let mut task = sidecar.task;
+        loop {
+            tokio::select! {
+                _ = &mut task => break,
+                changed = pod_stop.changed() => {
+                    // A shorter grace period for the pod (a forced removal) reaches the
+                    // sidecar being stopped too.
+                    let shorter = match changed {
+                        Ok(()) => *pod_stop.borrow(),
+                        Err(_) => Some(Duration::ZERO),
+                    };
+                    if let Some(shorter) = shorter {
+                        sidecar.stop.send_if_modified(|current| {
+                            if current.is_none_or(|old| shorter < old) {
+                                *current = Some(shorter);
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                    }
+                    if changed.is_err() {
+                        let _ = (&mut task).await;
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -733,9 +777,9 @@ async fn supervise(
     setup: Arc<PodSetup>,
     container: Container,
     policy: String,
+    mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let name = container.name.clone();
-    let mut stop = pod.stop.subscribe();
     let mut delay: Option<Duration> = None;
     // Re-attach to the newest instance, if one exists.
     let mut pending_instance = pod.attempts(&name).last().copied();
@@ -746,15 +790,26 @@ async fn supervise(
             break;
         }
         let end = match pending_instance.take() {
-            Some(attempt) => match reattach(&node, &pod, &container, attempt).await {
-                Some(end) => end,
-                None => continue,
-            },
+            Some(attempt) => {
+                match reattach(&node, &pod, &setup, &container, attempt, stop.clone()).await {
+                    Some(end) => end,
+                    None => continue,
+                }
+            }
             None => {
                 let attempt = pod.attempts(&name).last().map_or(0, |a| a + 1);
                 match start(&node, &pod, &setup, &container, attempt).await {
                     Ok(instance) => {
-                        watch_run(&node, &pod, &setup, &container, attempt, instance).await
+                        watch_run(
+                            &node,
+                            &pod,
+                            &setup,
+                            &container,
+                            attempt,
+                            instance,
+                            stop.clone(),
+                        )
+                        .await
                     }
                     Err((reason, message)) => {
                         tracing::warn!(container = %name, %reason, %message, "container could not start");
@@ -847,8 +902,10 @@ async fn prune_attempts(node: &NodeContext, pod: &Pod, name: &str) {
 async fn reattach(
     node: &Arc<NodeContext>,
     pod: &Arc<Pod>,
+    setup: &PodSetup,
     container: &Container,
     attempt: u32,
+    stop: watch::Receiver<Option<Duration>>,
 ) -> Option<RunEnd> {
     let name = &container.name;
     let instance = Instance::at(&pod.container_dir(name).join(attempt.to_string()));
@@ -857,13 +914,7 @@ async fn reattach(
     match status {
         Ok(ShimStatus::Running { .. }) => {
             tracing::info!(container = %name, attempt, "re-attached to a running container");
-            // The set-up is needed for probes only; recompute it cheaply.
-            let setup = PodSetup {
-                namespaces: Sandbox::at(&pod.dir.join("ns")).namespaces(),
-                hostname: hostname(&pod.record),
-                volumes: BTreeMap::new(),
-            };
-            Some(watch_run(node, pod, &setup, container, attempt, instance).await)
+            Some(watch_run(node, pod, setup, container, attempt, instance, stop).await)
         }
         Ok(status) => {
             let id = container_id(&pod.record.identity, name, attempt);
@@ -941,7 +992,22 @@ async fn start(
             return Err((reason, message));
         }
     };
-    match instance.start(&node.shim, node.spawner.as_ref()).await {
+    let started = tokio::time::timeout(
+        SHIM_START_TIMEOUT,
+        instance.start(&node.shim, node.spawner.as_ref()),
+    )
+    .await;
+    let Ok(started) = started else {
+        // A shim that hangs while creating the container is killed, and the container
+        // with it if it got that far.
+        instance.abandon().await;
+        let _ = instance.remove().await;
+        return Err((
+            "RunContainerError".into(),
+            format!("the shim did not start the container within {SHIM_START_TIMEOUT:?}"),
+        ));
+    };
+    match started {
         Ok(ShimStatus::Running { .. } | ShimStatus::Exited { .. }) => Ok(instance),
         Ok(ShimStatus::Failed { message }) => {
             let _ = instance.remove().await;
@@ -1058,6 +1124,7 @@ async fn watch_run(
     container: &Container,
     attempt: u32,
     instance: Instance,
+    mut stop: watch::Receiver<Option<Duration>>,
 ) -> RunEnd {
     let name = container.name.clone();
     let id = container_id(&pod.record.identity, &name, attempt);
@@ -1096,22 +1163,39 @@ async fn watch_run(
         target,
         kill_tx,
     ));
-    let mut stop = pod.stop.subscribe();
     let mut stopped = false;
+    let mut stop_closed = false;
+    // When SIGKILL goes out, once a termination has begun; a later, shorter grace
+    // period (a forced delete) moves it earlier, never later.
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
     let waited = instance.wait();
     tokio::pin!(waited);
     let status = loop {
+        let deadline = kill_at;
         tokio::select! {
             status = &mut waited => break status,
-            grace = stop_requested(&mut stop), if !stopped => {
+            signal = stop_signal(&mut stop, stopped), if !stop_closed => {
                 stopped = true;
-                terminate(&instance, grace, &name).await;
+                let grace = signal.unwrap_or_else(|| {
+                    // The pod is gone: end at once.
+                    stop_closed = true;
+                    Duration::ZERO
+                });
+                kill_at = Some(begin_termination(&instance, grace, kill_at, &name).await);
             }
-            reason = kill_rx.recv() => {
-                if let Some(reason) = reason {
-                    tracing::info!(container = %name, %reason, "probe failed; restarting the container");
-                    let grace = probe_grace(container).unwrap_or_else(|| pod.grace_period());
-                    terminate(&instance, grace, &name).await;
+            Some(reason) = kill_rx.recv() => {
+                tracing::info!(container = %name, %reason, "probe failed; restarting the container");
+                let grace = probe_grace(container).unwrap_or_else(|| pod.grace_period());
+                kill_at = Some(begin_termination(&instance, grace, kill_at, &name).await);
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline.is_some() && !killed =>
+            {
+                killed = true;
+                tracing::info!(container = %name, "grace period over; killing");
+                if let Err(err) = instance.kill(SIGKILL).await {
+                    tracing::warn!(container = %name, %err, "SIGKILL failed");
                 }
             }
         }
@@ -1120,6 +1204,12 @@ async fn watch_run(
     let status = status.unwrap_or_else(|err| ShimStatus::Failed {
         message: err.to_string(),
     });
+    if let ShimStatus::Failed { message } = &status {
+        // The shim vanished without recording an end: its container may still run.
+        // It must not outlive the shim, or a restart would run it twice.
+        tracing::warn!(container = %name, %message, "the shim is gone; killing what is left of the container");
+        instance.abandon().await;
+    }
     let state = terminated(&id, &status);
     pod.update(&name, |t| {
         t.status.state = Some(state);
@@ -1130,6 +1220,18 @@ async fn watch_run(
         status,
         ran: began.elapsed(),
         stopped,
+    }
+}
+
+/// The pod's stop request (before `seen`), or a change of its grace period after it;
+/// `None` when the pod's stop signal is gone.
+async fn stop_signal(stop: &mut watch::Receiver<Option<Duration>>, seen: bool) -> Option<Duration> {
+    if !seen {
+        return Some(stop_requested(stop).await);
+    }
+    match stop.changed().await {
+        Ok(()) => Some(stop.borrow().unwrap_or_default()),
+        Err(_) => None,
     }
 }
 
@@ -1151,22 +1253,27 @@ fn probe_grace(container: &Container) -> Option<Duration> {
         .map(|s| Duration::from_secs(s.max(0) as u64))
 }
 
-/// SIGTERM, up to `grace` for the container to exit, then SIGKILL.
-async fn terminate(instance: &Instance, grace: Duration, name: &str) {
-    const SIGTERM: i32 = 15;
-    const SIGKILL: i32 = 9;
-    if !grace.is_zero() {
-        if let Err(err) = instance.kill(SIGTERM).await {
-            tracing::warn!(container = %name, %err, "SIGTERM failed");
-        }
-        if tokio::time::timeout(grace, instance.wait()).await.is_ok() {
-            return;
-        }
-        tracing::info!(container = %name, ?grace, "grace period over; killing");
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+/// The longest a shim may take to create and start a container.
+const SHIM_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts (or hurries) a termination: SIGTERM on the first call unless `grace` is
+/// zero; returns when SIGKILL is due, the earlier of `current` and now + `grace`.
+async fn begin_termination(
+    instance: &Instance,
+    grace: Duration,
+    current: Option<tokio::time::Instant>,
+    name: &str,
+) -> tokio::time::Instant {
+    let due = tokio::time::Instant::now() + grace;
+    if current.is_none()
+        && !grace.is_zero()
+        && let Err(err) = instance.kill(SIGTERM).await
+    {
+        tracing::warn!(container = %name, %err, "SIGTERM failed");
     }
-    if let Err(err) = instance.kill(SIGKILL).await {
-        tracing::warn!(container = %name, %err, "SIGKILL failed");
-    }
+    current.map_or(due, |current| current.min(due))
 }
 
 /// Runs the container's probes while it runs: startup first, then liveness and

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::sched::CloneFlags;
 
 use crate::container::ShimProgram;
-use crate::process::{Spawner, async_reader, kill};
+use crate::process::{Spawner, async_reader, terminate};
 
 /// What a probe reaches: the container's shim directory and the pod's network
 /// namespace.
@@ -236,7 +236,8 @@ pub async fn run_once(
         .await;
         return match finished {
             Err(_) => {
-                kill(pid);
+                // `cairn shim exec` kills the command in the container when told to end.
+                terminate(pid);
                 Err(format!("command timed out after {:?}", timing.timeout))
             }
             Ok(Err(err)) => Err(format!("waiting for the exec probe: {err}")),

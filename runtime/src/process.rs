@@ -82,6 +82,17 @@ pub fn async_writer(pipe: impl Into<OwnedFd>) -> io::Result<tokio::net::unix::pi
     tokio::net::unix::pipe::Sender::from_owned_fd(pipe.into())
 }
 
+/// Asks the process `pid` to end with SIGTERM (for a child whose end is still
+/// awaited, so its pid cannot have been reused).
+pub fn terminate(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
 /// Kills the process `pid` with SIGKILL (for a child whose end is still awaited, so
 /// its pid cannot have been reused).
 pub fn kill(pid: u32) {

@@ -354,21 +354,30 @@ impl Runtime {
                 }
             }
         }
-        Sandbox::at(&pod.dir.join("ns")).destroy()?;
-        let volume_root = pod.dir.join("volumes");
-        volumes::remove(&volume_root).map_err(io("removing", &volume_root))?;
+        // Unmounting and deleting (volumes may be large) is blocking work.
         let cgroup = format!("{}/pod{uid}", self.node.cgroup_parent.trim_end_matches('/'));
-        self.node
-            .cgroups
-            .remove_tree(&cgroup)
-            .map_err(io("removing the cgroup", Path::new(&cgroup)))?;
+        let layout = self.node.cgroups;
         let logs = pod.log_dir(&self.node);
-        match std::fs::remove_dir_all(&logs) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("removing", &logs)(e)),
-        }
-        std::fs::remove_dir_all(&pod.dir).map_err(io("removing", &pod.dir))?;
+        let dir = pod.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            Sandbox::at(&dir.join("ns")).destroy()?;
+            let volume_root = dir.join("volumes");
+            volumes::remove(&volume_root).map_err(io("removing", &volume_root))?;
+            layout
+                .remove_tree(&cgroup)
+                .map_err(io("removing the cgroup", Path::new(&cgroup)))?;
+            match std::fs::remove_dir_all(&logs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &logs)(e)),
+            }
+            std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))
+        })
+        .await
+        .map_err(|err| RuntimeError::Container {
+            pod: uid.to_owned(),
+            message: format!("removal task: {err}"),
+        })??;
         self.pods().remove(uid);
         Ok(())
     }
@@ -415,20 +424,30 @@ impl Runtime {
     }
 
     /// Reads a container's log as `kubectl logs` shows it, passing chunks to `out`;
-    /// with `follow`, until the instance ends or `out` fails. Blocking: call it from a
-    /// blocking task.
+    /// with `follow`, until that instance ends, `out` fails or `wanted()` says the
+    /// reader has gone. Blocking: call it from a blocking task.
     pub fn read_log(
         &self,
         uid: &str,
         container: &str,
         previous: bool,
         options: &ReadOptions,
+        wanted: impl Fn() -> bool,
         out: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), RuntimeError> {
         let path = self.log_path(uid, container, previous)?;
         let pod = self.pod(uid)?;
         let name = container.to_owned();
-        cri_log::read_log(&path, options, || !previous && pod.is_running(&name), out)?;
+        let followed = pod.attempts(&name).last().copied();
+        // Following ends with the instance followed, not with the container: after a
+        // restart a new instance writes another file.
+        let still_running = || {
+            !previous
+                && wanted()
+                && pod.is_running(&name)
+                && pod.attempts(&name).last().copied() == followed
+        };
+        cri_log::read_log(&path, options, still_running, out)?;
         Ok(())
     }
 

@@ -336,28 +336,50 @@ fn background(
             return Ok(());
         }
     };
+    // Everything the running container needs from the shim is set up before anyone is
+    // told it runs; if any of it fails, the container goes again, so none runs without
+    // a shim.
     let started_at = now();
     let running = ShimStatus::Running {
         pid: pid.as_raw(),
         started_at: started_at.clone(),
     };
-    write_json_atomically(&paths.status(), &running)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            status: running,
+            status: running.clone(),
             reaped: false,
         }),
         changed: Condvar::new(),
         answering: std::sync::atomic::AtomicUsize::new(0),
     });
     let socket = paths.socket();
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(io_err("binding", &socket))?;
-    {
+    let attended = (|| -> Result<Vec<std::thread::JoinHandle<()>>, ShimError> {
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(io_err("binding", &socket))?;
+        let copiers = spawn_log_copiers(&config.log, readers)?;
+        write_json_atomically(&paths.status(), &running)?;
         let shared = Arc::clone(&shared);
         std::thread::spawn(move || serve(listener, shared));
-    }
-    let copiers = spawn_log_copiers(&config.log, readers)?;
+        Ok(copiers)
+    })();
+    let copiers = match attended {
+        Ok(copiers) => copiers,
+        Err(err) => {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            let _ = container.delete(true);
+            let _ = OverlayRoot::unmount(&config.rootfs.target);
+            let _ = std::fs::remove_file(&socket);
+            write_json_atomically(
+                &paths.status(),
+                &ShimStatus::Failed {
+                    message: format!("the shim could not attend the container: {err}"),
+                },
+            )?;
+            drop(ready);
+            return Err(err);
+        }
+    };
     // The runtime may look now.
     drop(ready);
 
@@ -586,8 +608,21 @@ pub fn exec_main(dir: &Path, command: &[String]) -> i32 {
             return 126;
         }
     };
+    // SIGTERM or SIGINT to this process (a probe's timeout, a client gone) ends the
+    // command too, so nothing is left running in the container.
+    let child = Pid::from_raw(pid.as_raw());
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    if stop.thread_block().is_ok() {
+        std::thread::spawn(move || {
+            if stop.wait().is_ok() {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            }
+        });
+    }
     loop {
-        match nix::sys::wait::waitpid(Pid::from_raw(pid.as_raw()), None) {
+        match nix::sys::wait::waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => return code,
             Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
