@@ -111,7 +111,7 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
         let client = NodeClient::new(&address, &context(&secrets, Role::Operator)).unwrap();
         // Without its image the pod waits and says why.
         until("the pod to wait for its image", &client, |p| {
-            (container(p, "sidecar").reason.as_deref() == Some("ErrImageNeverPull")).then_some(())
+            (container(p, "sidecar").reason.as_deref() == Some("ErrImagePull")).then_some(())
         })
         .await;
         let work = tempfile::tempdir().unwrap();

@@ -183,6 +183,26 @@ impl ImageStore {
             .map_err(|e| invalid(format!("configuration of {}", image.name), e))
     }
 
+    /// Records `image` under its name (its blobs must be in the store already).
+    pub fn add(&self, image: ImageRecord) -> Result<(), ImageError> {
+        for digest in std::iter::once(&image.manifest)
+            .chain(std::iter::once(&image.config))
+            .chain(&image.layers)
+        {
+            if !self.blobs.contains(digest) {
+                return Err(invalid(&image.name, format!("blob {digest} is missing")));
+            }
+        }
+        let mut records = self.records();
+        records.insert(image.name.clone(), image);
+        self.save(&records)
+    }
+
+    /// A directory on the store's file system for staging downloads.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
     /// Forgets the image called `name` (its blobs go at the next [`Self::gc`]).
     pub fn remove(&self, name: &str) -> Result<bool, ImageError> {
         let mut records = self.records();

@@ -6,7 +6,7 @@
 //! From the bottom up:
 //! - [`digest`], [`blobs`], [`layer`], [`images`], [`layout`], [`test_images`]: content
 //!   digests, the verified blob store, layer unpacking (refusing hostile archives),
-//!   image imports and OCI layouts, the busybox test image;
+//!   image imports and OCI layouts, the busybox test image; [`pull`]: registry pulls;
 //! - [`rootfs`]: unpacked layers and per-container overlay roots;
 //! - [`spec`], [`seccomp`], [`plan`], [`quantity`]: from a Kubernetes container to an
 //!   OCI runtime spec with secure defaults;
@@ -29,6 +29,7 @@ pub mod plan;
 pub mod pod;
 pub mod probes;
 pub mod process;
+pub mod pull;
 pub mod quantity;
 pub mod rootfs;
 pub mod runtime;

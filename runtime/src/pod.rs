@@ -25,6 +25,7 @@ use crate::images::ImageStore;
 use crate::plan::{PlanError, PodContext, PodIdentity, plan_container};
 use crate::probes::{self, ProbeTarget, Timing, Verdicts};
 use crate::process::Spawner;
+use crate::pull::{Credentials, Puller};
 use crate::rootfs::{LayerCache, OverlayRoot};
 use crate::sandbox::Sandbox;
 use crate::shim::{ShimConfig, ShimStatus};
@@ -90,6 +91,8 @@ pub struct NodeContext {
     pub log_root: PathBuf,
     /// The node runs from its initramfs: containers `chroot` instead of `pivot_root`.
     pub no_pivot: bool,
+    /// Pulls images from registries.
+    pub puller: Puller,
 }
 
 /// A pod as the runtime keeps it on disk (`pod.json`): no secrets.
@@ -460,6 +463,73 @@ struct PodSetup {
     namespaces: SharedNamespaces,
     hostname: String,
     volumes: BTreeMap<String, PreparedVolume>,
+    /// Registry credentials from the pod's `imagePullSecrets`, by registry host.
+    pull_credentials: BTreeMap<String, Credentials>,
+}
+
+impl PodSetup {
+    /// The credentials for `reference`'s registry (anonymous when none are known).
+    fn credentials_for(&self, reference: &str) -> Credentials {
+        let full = crate::images::normalize_reference(reference);
+        let host = full.split('/').next().unwrap_or_default();
+        self.pull_credentials
+            .get(host)
+            .or_else(|| {
+                (host == "docker.io")
+                    .then(|| self.pull_credentials.get("index.docker.io"))
+                    .flatten()
+            })
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Credentials of `kubernetes.io/dockerconfigjson` secrets named by the pod, by host.
+fn pull_credentials(spec: &PodSpec, sources: Option<&PodSources>) -> BTreeMap<String, Credentials> {
+    use base64::Engine as _;
+    let mut found = BTreeMap::new();
+    let Some(sources) = sources else {
+        return found;
+    };
+    for reference in spec.image_pull_secrets.iter().flatten() {
+        let Some(secret) = sources.secrets.get(&reference.name) else {
+            continue;
+        };
+        let Some(config) = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(".dockerconfigjson"))
+        else {
+            continue;
+        };
+        let Ok(config) = serde_json::from_slice::<serde_json::Value>(&config.0) else {
+            continue;
+        };
+        for (server, entry) in config["auths"].as_object().into_iter().flatten() {
+            let host = server
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let pair = match (entry["username"].as_str(), entry["password"].as_str()) {
+                (Some(user), Some(password)) => Some((user.to_owned(), password.to_owned())),
+                _ => entry["auth"]
+                    .as_str()
+                    .and_then(|a| base64::engine::general_purpose::STANDARD.decode(a).ok())
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .and_then(|text| {
+                        text.split_once(':')
+                            .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                    }),
+            };
+            if let Some((username, password)) = pair {
+                found.insert(host, Credentials::Basic { username, password });
+            }
+        }
+    }
+    found
 }
 
 /// Runs the pod until it is stopped (or, without restarts, until it ends). `sources`
@@ -560,6 +630,7 @@ fn setup_once(
         namespaces,
         hostname,
         volumes,
+        pull_credentials: pull_credentials(&record.spec, sources),
     })
 }
 
@@ -937,6 +1008,35 @@ async fn reattach(
     }
 }
 
+/// When a container's image is pulled (Kubernetes' `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The container's pull policy, defaulted as the API server does: `Always` for
+/// `:latest` or untagged images, else `IfNotPresent`.
+fn pull_policy(container: &Container) -> PullPolicy {
+    match container.image_pull_policy.as_deref() {
+        Some("Always") => PullPolicy::Always,
+        Some("Never") => PullPolicy::Never,
+        Some("IfNotPresent") => PullPolicy::IfNotPresent,
+        _ => {
+            let reference = container.image.as_deref().unwrap_or_default();
+            let last = reference.rsplit('/').next().unwrap_or_default();
+            let latest =
+                !last.contains('@') && last.split_once(':').is_none_or(|(_, tag)| tag == "latest");
+            if latest {
+                PullPolicy::Always
+            } else {
+                PullPolicy::IfNotPresent
+            }
+        }
+    }
+}
+
 /// The node-unique id of an instance (libcontainer's id, `cairn://` in statuses).
 pub fn container_id(identity: &PodIdentity, name: &str, attempt: u32) -> String {
     format!("{}-{name}-{attempt}", identity.uid)
@@ -952,13 +1052,34 @@ async fn start(
 ) -> Result<Instance, (String, String)> {
     let name = container.name.clone();
     let reference = container.image.clone().unwrap_or_default();
-    let Some(image) = node.images.resolve(&reference) else {
-        return Err((
-            "ErrImageNeverPull".into(),
-            format!(
-                "image {reference:?} is not present on the node (import it with `cairnctl image import`; pulling from registries is not built yet)"
-            ),
-        ));
+    let present = node.images.resolve(&reference);
+    let image = match (pull_policy(container), present) {
+        (PullPolicy::Never, None) => {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!(
+                    "image {reference:?} is not present on the node and imagePullPolicy is Never (import it with `cairnctl image import`)"
+                ),
+            ));
+        }
+        (PullPolicy::Never | PullPolicy::IfNotPresent, Some(image)) => image,
+        _ => {
+            pod.update(&name, |t| {
+                t.status.state = Some(waiting(
+                    "ContainerCreating",
+                    format!("pulling image {reference:?}"),
+                ));
+            });
+            let credentials = setup.credentials_for(&reference);
+            match node
+                .puller
+                .pull(&node.images, &reference, &credentials)
+                .await
+            {
+                Ok(image) => image,
+                Err(err) => return Err(("ErrImagePull".into(), err.to_string())),
+            }
+        }
     };
     let repository = match image.name.rsplit_once(':') {
         Some((repository, tag)) if !tag.contains('/') => repository.to_owned(),

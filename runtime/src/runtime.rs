@@ -44,6 +44,8 @@ pub struct RuntimeConfig {
     pub backoff: BackoffPolicy,
     /// The node's name (downward API `spec.nodeName`).
     pub node_name: String,
+    /// Registries (`host:port`) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -59,6 +61,7 @@ impl RuntimeConfig {
             pids_limit: Some(4096),
             backoff: BackoffPolicy::default(),
             node_name: node_name.to_owned(),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -172,6 +175,7 @@ impl Runtime {
             state_root: root.join("containers"),
             log_root: config.log_root.clone(),
             no_pivot: crate::rootfs::host_root_is_ramfs(),
+            puller: crate::pull::Puller::new(&config.insecure_registries),
         });
         let runtime = Self {
             node,

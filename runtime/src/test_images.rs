@@ -14,7 +14,8 @@ use crate::images::{ImageError, invalid, io_at};
 use crate::layout::write_oci_layout;
 
 /// The name the busybox test image is imported under.
-pub const BUSYBOX_IMAGE: &str = "cairn.test/busybox:latest";
+/// (A version tag, not `latest`: Kubernetes pulls `latest` images on every start.)
+pub const BUSYBOX_IMAGE: &str = "cairn.test/busybox:1.35";
 
 /// The applets `busybox --list` names.
 fn applets(busybox: &Path) -> Result<Vec<String>, ImageError> {

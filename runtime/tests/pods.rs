@@ -315,7 +315,7 @@ fn exit_code(status: &ContainerStatus) -> Option<i32> {
         .map(|t| t.exit_code)
 }
 
-const IMAGE: &str = "cairn.test/busybox:latest";
+const IMAGE: &str = cairn_runtime::test_images::BUSYBOX_IMAGE;
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root (namespaces, cgroups, mounts)"]

@@ -23,6 +23,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "e2fsprogs",
     // A real DHCP server for the DHCP client's host test (no service, just the binary).
     "dnsmasq-base",
+    // A real registry for the runtime's pull tests, and htpasswd for its basic auth.
+    "docker-registry",
+    "apache2-utils",
 ];
 
 fn installed(package: &str) -> bool {

@@ -1,0 +1,372 @@
+//! Registry pulls against a real registry: Debian's `docker-registry` (the CNCF
+//! distribution registry) started by the test on loopback, the busybox test image
+//! pushed into it with `oci-client`, then pulled by tag and by digest into a fresh
+//! image store, verified and unpacked; with `htpasswd` authentication, an anonymous
+//! pull is refused and a basic-auth pull succeeds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_runtime::images::ImageStore;
+use cairn_runtime::layer::{UnpackOptions, unpack};
+use cairn_runtime::pull::{Credentials, PullError, Puller};
+use cairn_runtime::test_images::write_busybox_layout;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+/// A `docker-registry` process on loopback, killed on drop.
+struct Registry {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    fn start(user: Option<(&str, &str)>) -> Self {
+        assert!(
+            Path::new("/usr/bin/docker-registry").exists(),
+            "needs Debian's docker-registry (cargo xtask deps installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((name, password)) = user {
+            let output = Command::new("htpasswd")
+                .args(["-Bbn", name, password])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            assert!(output.status.success());
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, output.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: cairn-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&address).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+/// Pushes the OCI layout at `layout` (one image) as `reference`; returns the
+/// manifest digest.
+async fn push_layout(layout: &Path, reference: &str, auth: &RegistryAuth) -> String {
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let image: Reference = reference.parse().unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let blob = |digest: &str| -> Vec<u8> {
+        let hex = digest.trim_start_matches("sha256:");
+        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let manifest_bytes = blob(&manifest_digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    client
+        .auth(&image, auth, oci_client::RegistryOperation::Push)
+        .await
+        .unwrap();
+    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    for layer in manifest["layers"].as_array().unwrap() {
+        digests.push(layer["digest"].as_str().unwrap().to_owned());
+    }
+    for digest in digests {
+        client
+            .push_blob(&image, blob(&digest), &digest)
+            .await
+            .unwrap();
+    }
+    client
+        .push_manifest_raw(
+            &image,
+            manifest_bytes,
+            "application/vnd.oci.image.manifest.v1+json"
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    manifest_digest
+}
+
+fn busybox_layout(dir: &Path) -> PathBuf {
+    let layout = dir.join("busybox");
+    write_busybox_layout(Path::new("/bin/busybox"), &layout).unwrap();
+    layout
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
+fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(work.path());
+    let registry = Registry::start(None);
+    let reference = format!("{}/test/busybox:1.0", registry.address);
+    runtime().block_on(async {
+        let pushed = push_layout(&layout, &reference, &RegistryAuth::Anonymous).await;
+        let store = ImageStore::open(&work.path().join("store")).unwrap();
+        let puller = Puller::new(std::slice::from_ref(&registry.address));
+        let image = puller
+            .pull(&store, &reference, &Credentials::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(image.name, reference);
+        assert_eq!(image.manifest.to_string(), pushed);
+        assert_eq!(store.resolve(&reference).unwrap(), image);
+        let config = store.configuration(&image).unwrap();
+        assert_eq!(
+            config.config().as_ref().unwrap().cmd().as_deref(),
+            Some(&["sh".to_owned()][..])
+        );
+        let rootfs = work.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        let options = UnpackOptions {
+            preserve_owners: false,
+            ..UnpackOptions::default()
+        };
+        for layer in &image.layers {
+            unpack(store.blobs().open_blob(layer).unwrap(), &rootfs, &options).unwrap();
+        }
+        assert!(rootfs.join("bin/busybox").is_file());
+
+        // By digest, into another store.
+        let by_digest = format!("{}/test/busybox@{pushed}", registry.address);
+        let other = ImageStore::open(&work.path().join("other")).unwrap();
+        let image = puller
+            .pull(&other, &by_digest, &Credentials::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(image.manifest.to_string(), pushed);
+
+        // A tag that does not exist is an error naming the reference.
+        let missing = format!("{}/test/busybox:nope", registry.address);
+        let err = puller
+            .pull(&store, &missing, &Credentials::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PullError::Registry { .. }), "{err}");
+        assert!(err.to_string().contains("busybox:nope"), "{err}");
+    });
+}
+
+#[test]
+#[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
+fn a_registry_with_authentication_needs_the_right_credentials() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(work.path());
+    let registry = Registry::start(Some(("cairn", "s3cret")));
+    let reference = format!("{}/private/busybox:1.0", registry.address);
+    runtime().block_on(async {
+        let basic = RegistryAuth::Basic("cairn".into(), "s3cret".into());
+        push_layout(&layout, &reference, &basic).await;
+        let store = ImageStore::open(&work.path().join("store")).unwrap();
+        let puller = Puller::new(std::slice::from_ref(&registry.address));
+        let err = puller
+            .pull(&store, &reference, &Credentials::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PullError::Registry { .. }), "{err}");
+        let wrong = Credentials::Basic {
+            username: "cairn".into(),
+            password: "wrong".into(),
+        };
+        assert!(puller.pull(&store, &reference, &wrong).await.is_err());
+        assert!(
+            store.list().is_empty(),
+            "nothing is recorded from refused pulls"
+        );
+        let right = Credentials::Basic {
+            username: "cairn".into(),
+            password: "s3cret".into(),
+        };
+        let image = puller.pull(&store, &reference, &right).await.unwrap();
+        assert_eq!(store.list(), vec![image]);
+        assert!(
+            !format!("{right:?}").contains("s3cret"),
+            "credentials stay out of logs"
+        );
+    });
+}
+
+/// Undoes whatever a runtime test left under `dir` (mounts) and in `cgroup`.
+struct Cleanup {
+    dir: PathBuf,
+    cgroup: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let root = self.dir.to_string_lossy().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounts {
+            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = cairn_runtime::cgroups::CgroupLayout::detect().remove_tree(&self.cgroup);
+    }
+}
+
+#[test]
+#[ignore = "needs root and Debian's docker-registry"]
+fn a_pod_pulls_its_image_with_its_pull_secret() {
+    use cairn_runtime::container::ShimProgram;
+    use cairn_runtime::plan::PodIdentity;
+    use cairn_runtime::runtime::{PodRequest, Runtime, RuntimeConfig};
+    use cairn_runtime::volumes::PodSources;
+
+    let work = tempfile::Builder::new()
+        .prefix("cairn-pull-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let layout = busybox_layout(work.path());
+    let registry = Registry::start(Some(("cairn", "s3cret")));
+    let reference = format!("{}/private/busybox:1.0", registry.address);
+    let cgroup = format!("/cairn-test-pull-{}", std::process::id());
+    let _cleanup = Cleanup {
+        dir: work.path().to_owned(),
+        cgroup: cgroup.clone(),
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio.block_on(async {
+        let basic = RegistryAuth::Basic("cairn".into(), "s3cret".into());
+        push_layout(&layout, &reference, &basic).await;
+        let mut config = RuntimeConfig::new(
+            &work.path().join("state"),
+            &work.path().join("logs"),
+            ShimProgram {
+                program: PathBuf::from(env!("CARGO_BIN_EXE_cairn-shim")),
+                args: vec![],
+            },
+            "test-node",
+        );
+        config.cgroup_parent = cgroup.clone();
+        config.insecure_registries = vec![registry.address.clone()];
+        let runtime = Runtime::open(config).unwrap();
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "regcred"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {},
+                "data": {".dockerconfigjson": base64_of(&serde_json::json!({
+                    "auths": {registry.address.clone(): {"username": "cairn", "password": "s3cret"}}
+                }).to_string())}
+            }))
+            .unwrap();
+        let spec = serde_json::from_value(serde_json::json!({
+            "restartPolicy": "Never",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "containers": [{"name": "main", "image": reference, "command": ["echo", "pulled"]}]
+        }))
+        .unwrap();
+        runtime
+            .ensure_pod(PodRequest {
+                identity: PodIdentity {
+                    namespace: "default".into(),
+                    name: "pulled".into(),
+                    uid: "uid-pulled".into(),
+                },
+                spec,
+                sources: PodSources {
+                    secrets: [("regcred".to_owned(), secret)].into(),
+                    ..PodSources::default()
+                },
+                ..PodRequest::default()
+            })
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = runtime.pod_status("uid-pulled").unwrap();
+            if status.phase == cairn_runtime::pod::Phase::Succeeded {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pod did not succeed: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(runtime.images().list()[0].name, reference);
+        let mut log = Vec::new();
+        runtime
+            .read_log(
+                "uid-pulled",
+                "main",
+                false,
+                &Default::default(),
+                || true,
+                |chunk| {
+                    log.extend_from_slice(chunk);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(String::from_utf8(log).unwrap(), "pulled\n");
+        runtime.remove_pod("uid-pulled").await.unwrap();
+    });
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
