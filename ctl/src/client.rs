@@ -355,13 +355,7 @@ impl NodeClient {
     ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| self.protocol(e.to_string()))?;
         let response = self.send(self.request(Method::POST, path, bytes)?).await?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.protocol(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
+        self.json_body(response).await
     }
 
     /// `POST` raw bytes (an image archive) and read a JSON answer.
@@ -378,13 +372,7 @@ impl NodeClient {
                 .map_err(|e| self.protocol(e.to_string()))?,
         );
         let response = self.send(request).await?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.protocol(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
+        self.json_body(response).await
     }
 
     /// `DELETE` and read a JSON answer.
@@ -392,6 +380,14 @@ impl NodeClient {
         let response = self
             .send(self.request(Method::DELETE, path, Vec::new())?)
             .await?;
+        self.json_body(response).await
+    }
+
+    /// Reads a whole answer as JSON.
+    async fn json_body<T: DeserializeOwned>(
+        &self,
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<T, ClientError> {
         let body = response
             .into_body()
             .collect()

@@ -155,7 +155,7 @@ impl Sandbox {
 
 /// Whether `path` is a mount point (its device differs from its parent's, or it is
 /// an `nsfs` bind mount, which `/proc/self/mountinfo` lists).
-fn is_mount_point(path: &Path) -> bool {
+pub(crate) fn is_mount_point(path: &Path) -> bool {
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };

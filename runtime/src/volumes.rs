@@ -17,6 +17,7 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::plan::{PlanError, PodContext, contained};
 use crate::quantity;
+use crate::sandbox::is_mount_point;
 use crate::spec::BindMount;
 
 /// What the node agent resolved for a pod's volumes.
@@ -53,19 +54,9 @@ fn io(field: &str, what: &str, path: &Path, err: impl std::fmt::Display) -> Plan
     )
 }
 
-/// Whether `path` has a file system mounted on it.
-fn is_mounted(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
-        let wanted = path.to_string_lossy();
-        info.lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .any(|mount_point| mount_point == wanted)
-    })
-}
-
 /// Mounts a tmpfs on `dir` unless one is there already.
 fn tmpfs(dir: &Path, size: Option<i64>, field: &str) -> Result<(), PlanError> {
-    if is_mounted(dir) {
+    if is_mount_point(dir) {
         return Ok(());
     }
     let options = match size {
@@ -523,7 +514,7 @@ pub fn remove(root: &Path) -> std::io::Result<()> {
     };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
-        if is_mounted(&path) {
+        if is_mount_point(&path) {
             nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
         }
     }

@@ -202,7 +202,8 @@ fn console_uptime(line: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("bad timestamp in {line:?}"))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (NaN when empty).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {

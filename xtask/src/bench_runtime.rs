@@ -27,17 +27,7 @@ use crate::{build, deps};
 const CGROUP: &str = "/cairn-bench/c";
 
 fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
+    crate::bench::median(values.to_vec())
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {
