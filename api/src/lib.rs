@@ -10,6 +10,7 @@ pub mod client_config;
 pub mod machine_api;
 pub mod machine_config;
 pub mod pki;
+pub mod remote_command;
 pub mod tls;
 
 pub use machine_config::{ConfigError, FieldError, MachineConfig};

@@ -57,7 +57,9 @@ pub mod paths {
     /// Store keys (debug access).
     pub const STORE_KV: &str = "/v1/store/kv";
     /// Pods on the node (GET); a container's log is
-    /// `/v1/pods/{namespace}/{name}/containers/{container}/logs`.
+    /// `/v1/pods/{namespace}/{name}/containers/{container}/logs`, and a command runs in
+    /// it through a WebSocket at `…/containers/{container}/exec` (see
+    /// [`crate::remote_command`]).
     pub const PODS: &str = "/v1/pods";
     /// Images: list (GET), import an archive (POST), remove (`DELETE ?name=`).
     pub const IMAGES: &str = "/v1/images";
@@ -68,6 +70,8 @@ pub fn required_role(method: &str, path: &str) -> Role {
     match (method, path) {
         // Raw store contents include secrets.
         ("GET", p) if p.starts_with(paths::STORE_KV) => Role::Admin,
+        // Exec reaches everything a container holds, its secrets too.
+        ("GET", p) if p.starts_with(paths::PODS) && p.ends_with("/exec") => Role::Admin,
         ("GET", _) => Role::Reader,
         ("POST", paths::REBOOT) => Role::Operator,
         // Importing images changes what the node can run: operators may.
@@ -384,6 +388,14 @@ mod tests {
             Role::Operator
         );
         assert_eq!(required_role("POST", paths::SHUTDOWN), Role::Admin);
+        assert_eq!(
+            required_role("GET", "/v1/pods/default/web/containers/main/logs"),
+            Role::Reader
+        );
+        assert_eq!(
+            required_role("GET", "/v1/pods/default/web/containers/main/exec"),
+            Role::Admin
+        );
         assert_eq!(required_role("POST", paths::MACHINE_CONFIG), Role::Admin);
         assert_eq!(required_role("POST", paths::CONFIRM), Role::Admin);
     }

@@ -132,6 +132,24 @@ pub enum Command {
     Image(ImageCommand),
     /// The pods on the nodes, with their containers.
     Pods,
+    /// Run a command in a running container, as `kubectl exec` does; exits with the
+    /// command's exit code.
+    Exec {
+        /// The pod: `name` (namespace `default`) or `namespace/name`.
+        pod: String,
+        /// The container (needed when the pod has several).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// Give the command a terminal (this one, in raw mode, when stdin is one).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// A container's log, as `kubectl logs` shows it.
     PodLogs {
         /// The pod: `name` (namespace `default`) or `namespace/name`.

@@ -22,6 +22,9 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+/// A WebSocket to a node.
+pub type WebSocket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 /// How long connecting and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -275,7 +278,7 @@ impl NodeClient {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(e.to_string()))?;
-        tokio::spawn(connection);
+        tokio::spawn(connection.with_upgrades());
         let response = sender.send_request(request).await.map_err(|e| {
             // With TLS 1.3 a refused client certificate shows only when the answer is
             // read: an alert from the server somewhere in the error's causes.
@@ -284,7 +287,7 @@ impl NodeClient {
                 None => self.protocol(chain(&e)),
             }
         })?;
-        if response.status().is_success() {
+        if response.status().is_success() || response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(response);
         }
         let status = response.status();
@@ -395,6 +398,60 @@ impl NodeClient {
             .map_err(|e| self.protocol(e.to_string()))?
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Opens a WebSocket at `path` offering `protocols` (best first); returns it with
+    /// the protocol the node chose.
+    pub async fn websocket(
+        &self,
+        path: &str,
+        protocols: &[&str],
+    ) -> Result<(WebSocket, String), ClientError> {
+        use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        let key = generate_key();
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "websocket")
+            .header(hyper::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(hyper::header::SEC_WEBSOCKET_KEY, &key)
+            .header(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocols.join(", "))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| self.protocol(e.to_string()))?;
+        let response = self.send(request).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.protocol(format!("{} instead of a WebSocket", response.status())));
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if header(hyper::header::SEC_WEBSOCKET_ACCEPT) != Some(derive_accept_key(key.as_bytes())) {
+            return Err(self.protocol("the WebSocket handshake's accept key is wrong".into()));
+        }
+        let protocol = header(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+            .filter(|p| protocols.contains(&p.as_str()))
+            .ok_or_else(|| {
+                self.protocol(format!(
+                    "the node chose none of the WebSocket subprotocols {protocols:?}"
+                ))
+            })?;
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| self.protocol(e.to_string()))?;
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        Ok((socket, protocol))
     }
 
     /// `GET` a line stream, calling `line` for each line until the stream ends.

@@ -9,6 +9,7 @@ use cairn_api::machine_api::{
     PodInfo, ServiceInfo, StoreMembers, VersionInfo, paths,
 };
 use cairn_api::machine_config::MachineConfig;
+use cairn_api::remote_command::ExecRequest;
 use futures::future::join_all;
 
 use crate::cli::{
@@ -82,10 +83,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             timestamps,
         } => {
             let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
-            let container = match container {
-                Some(container) => container,
-                None => only_container(&clients, namespace, name).await?,
-            };
+            let (_, container) = locate_pod(&clients, namespace, name, container).await?;
             let mut path = format!(
                 "{}/{namespace}/{name}/containers/{container}/logs?follow={follow}&previous={previous}&timestamps={timestamps}",
                 paths::PODS
@@ -130,7 +128,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             })
             .await
         }
-        Command::Gen(_) | Command::Validate { .. } | Command::Cluster(_) => {
+        Command::Gen(_) | Command::Validate { .. } | Command::Cluster(_) | Command::Exec { .. } => {
             bail!("not a node command")
         }
     }
@@ -364,35 +362,60 @@ async fn pods(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
 }
 
 /// The one app container of a pod, for `pod-logs` without `-c`.
-async fn only_container(
-    clients: &[NodeClient],
+/// The first of `clients` whose node runs pod `namespace/name`, with the container
+/// meant: `container` when given, else the pod's only app container.
+async fn locate_pod<'a>(
+    clients: &'a [NodeClient],
     namespace: &str,
     name: &str,
-) -> anyhow::Result<String> {
+    container: Option<String>,
+) -> anyhow::Result<(&'a NodeClient, String)> {
     for client in clients {
         let Ok(pods) = client.get::<Vec<PodInfo>>(paths::PODS).await else {
             continue;
         };
-        if let Some(pod) = pods
+        let Some(pod) = pods
             .iter()
             .find(|p| p.namespace == namespace && p.name == name)
-        {
-            let apps: Vec<&str> = pod
-                .containers
-                .iter()
-                .filter(|c| !c.init)
-                .map(|c| c.name.as_str())
-                .collect();
-            return match apps.as_slice() {
-                [only] => Ok((*only).to_owned()),
-                many => bail!(
-                    "pod {namespace}/{name} has several containers ({}): choose one with -c",
-                    many.join(", ")
-                ),
-            };
+        else {
+            continue;
+        };
+        if let Some(container) = container {
+            return Ok((client, container));
         }
+        let apps: Vec<&str> = pod
+            .containers
+            .iter()
+            .filter(|c| !c.init)
+            .map(|c| c.name.as_str())
+            .collect();
+        return match apps.as_slice() {
+            [only] => Ok((client, (*only).to_owned())),
+            many => bail!(
+                "pod {namespace}/{name} has several containers ({}): choose one with -c",
+                many.join(", ")
+            ),
+        };
     }
     bail!("no pod {namespace}/{name} on the chosen nodes")
+}
+
+/// `cairnctl exec`: runs the command on the node holding the pod; its exit code.
+pub async fn exec(
+    global: &Global,
+    pod: &str,
+    container: Option<String>,
+    request: &ExecRequest,
+) -> anyhow::Result<i32> {
+    let (_, context) = settings::context(global)?;
+    let targets = settings::targets(global, Some(&context))?;
+    let clients = targets
+        .iter()
+        .map(|t| NodeClient::new(t, &context))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
+    let (client, container) = locate_pod(&clients, namespace, name, container).await?;
+    crate::exec::exec_here(client, namespace, name, &container, request).await
 }
 
 async fn acks(clients: &[NodeClient], path: &str) -> anyhow::Result<bool> {

@@ -3,6 +3,7 @@
 //! - [`cli`]: the command line;
 //! - [`client`]: HTTPS with mutual TLS to one node, with errors that say what to do;
 //! - [`commands`]: node commands, run against several nodes at once;
+//! - [`exec`]: a command in a container, streamed over a WebSocket;
 //! - [`generate`]: new cluster configs and offline validation;
 //! - [`provision`]: local clusters of Cairn VMs under QEMU;
 //! - [`settings`]: the client file and target selection; [`output`]: tables, JSON, YAML.
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod exec;
 pub mod generate;
 pub mod output;
 pub mod provision;
@@ -22,6 +24,13 @@ pub mod settings;
 use std::process::ExitCode;
 
 use cli::{Cli, ClusterCommand, Command, GenCommand};
+
+/// The async runtime of the node commands.
+fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
 
 /// Runs one `cairnctl` invocation.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -54,12 +63,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(ClusterCommand::Destroy { name, clusters_dir }) => {
             provision::destroy(&cli.global, &name, clusters_dir.as_deref()).map(|()| true)?
         }
-        command => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(commands::run(&cli.global, command))?
+        Command::Exec {
+            pod,
+            container,
+            stdin,
+            tty,
+            command,
+        } => {
+            let request = cairn_api::remote_command::ExecRequest {
+                command,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+                tty,
+            };
+            let code = async_runtime()?.block_on(commands::exec(
+                &cli.global,
+                &pod,
+                container,
+                &request,
+            ))?;
+            // Exit codes are 0..=255 on Unix; anything else says "failed".
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
+        command => async_runtime()?.block_on(commands::run(&cli.global, command))?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

@@ -1,6 +1,6 @@
 //! The machine API's container calls: the pods on the node with their containers'
 //! states, a container's log (CRI log read back as `kubectl logs` shows it, with
-//! `follow`, `tail`, `previous` and `timestamps`), and images (list, import an OCI
+//! `follow`, `tail`, `previous` and `timestamps`; exec is `api_exec`'s), and images (list, import an OCI
 //! layout or `docker save` archive streamed in the request body, remove).
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cairn_api::machine_api::{Ack, ContainerInfo, ImageInfo, PodInfo, paths};
 use cairn_runtime::cri_log::ReadOptions;
+use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::runtime::Runtime;
 use k8s_openapi::api::core::v1::ContainerStatus;
 use tokio::io::AsyncWriteExt;
@@ -31,13 +32,17 @@ pub fn routes() -> axum::Router<Arc<NodeContext>> {
             get(container_log),
         )
         .route(
+            "/v1/pods/{namespace}/{name}/containers/{container}/exec",
+            get(crate::api_exec::exec),
+        )
+        .route(
             paths::IMAGES,
             get(images).post(import_image).delete(remove_image),
         )
 }
 
 /// The answer while the runtime service is not running.
-fn unavailable() -> Response {
+pub(crate) fn unavailable() -> Response {
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "the container runtime is not running (see `cairnctl services`)",
@@ -108,6 +113,23 @@ async fn pods(State(ctx): State<Arc<NodeContext>>) -> Response {
     Json(infos).into_response()
 }
 
+/// The pod `namespace/name` on this node.
+pub(crate) fn find_pod(runtime: &Runtime, namespace: &str, name: &str) -> Option<PodIdentity> {
+    runtime
+        .list_pods()
+        .into_iter()
+        .find(|p| p.namespace == namespace && p.name == name)
+}
+
+/// The answer for a pod [`find_pod`] did not find.
+pub(crate) fn no_pod(namespace: &str, name: &str) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no pod {namespace}/{name} on this node"),
+        Vec::new(),
+    )
+}
+
 /// Query of a container log.
 #[derive(Debug, Default, serde::Deserialize)]
 struct LogQuery {
@@ -129,16 +151,8 @@ async fn container_log(
     let Some(runtime) = ctx.runtime.get() else {
         return unavailable();
     };
-    let Some(pod) = runtime
-        .list_pods()
-        .into_iter()
-        .find(|p| p.namespace == namespace && p.name == name)
-    else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            format!("no pod {namespace}/{name} on this node"),
-            Vec::new(),
-        );
+    let Some(pod) = find_pod(&runtime, &namespace, &name) else {
+        return no_pod(&namespace, &name);
     };
     // Errors that come before any output (no such container, no previous instance)
     // are answered as such.

@@ -720,7 +720,8 @@ pub async fn serve(
             debug!(%peer, client = %who.name, role = ?who.role, "machine API connection");
             let service = TowerToHyperService::new(router.layer(Extension(who)));
             let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::select! {
                 _ = connection => {}
                 () = stop.cancelled() => {}

@@ -14,6 +14,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod api_exec;
 pub mod api_runtime;
 pub mod api_server;
 pub mod boot;

@@ -2,21 +2,26 @@
 //! `cairnctl` does: it waits for its image, which is then imported; an init-time
 //! sidecar, a readiness probe, limits in the cgroup files, a crash and its restart
 //! (with the previous instance's log), a followed log that sees the graceful stop when
-//! the node shuts down, and nothing left behind (shims, mounts, cgroups).
+//! the node shuts down, exec through the machine API (streams, exit code, stdin, a
+//! terminal), and nothing left behind (shims, mounts, cgroups).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_api::client_config::Context;
 use cairn_api::machine_api::{ApplyMode, ApplyRequest, ApplyResponse, ImageInfo, PodInfo, paths};
 use cairn_api::pki::Role;
+use cairn_api::remote_command::ExecRequest;
 use cairn_runtime::cgroups::CgroupLayout;
 use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
 use cairnctl::client::NodeClient;
+use cairnctl::exec::LocalStreams;
 use common::{HostedNode, config_file, secrets_and_config};
 
 const T: Duration = Duration::from_secs(30);
@@ -78,6 +83,104 @@ async fn until<T>(what: &str, client: &NodeClient, check: impl Fn(&PodInfo) -> O
 
 fn container<'a>(pod: &'a PodInfo, name: &str) -> &'a cairn_api::machine_api::ContainerInfo {
     pod.containers.iter().find(|c| c.name == name).unwrap()
+}
+
+/// Output captured from `cairnctl exec`.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Runs `command` in `main` as `cairnctl exec` does; exit code, stdout, stderr.
+async fn exec(
+    client: &NodeClient,
+    container: &str,
+    command: &[&str],
+    stdin: Option<&str>,
+    tty: bool,
+) -> anyhow::Result<(i32, String, String)> {
+    let request = ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        stdin: stdin.is_some(),
+        stdout: true,
+        stderr: !tty,
+        tty,
+    };
+    let (stdout, stderr) = (Captured::default(), Captured::default());
+    let streams = LocalStreams {
+        stdin: Box::new(std::io::Cursor::new(stdin.unwrap_or_default().to_owned())),
+        stdout: Box::new(stdout.clone()),
+        stderr: Box::new(stderr.clone()),
+        terminal_size: false,
+    };
+    let code = cairnctl::exec::exec(client, "default", "web", container, &request, streams).await?;
+    Ok((code, stdout.text(), stderr.text()))
+}
+
+/// Exec over the machine API's WebSocket: admins only; output on its streams, the
+/// exit code, stdin to its end, a terminal, and a clear error for a wrong container.
+async fn exec_through_the_api(operator: &NodeClient, admin: &NodeClient) {
+    let refused = exec(operator, "main", &["true"], None, false)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused:#}");
+    let (code, out, err) = exec(
+        admin,
+        "main",
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!((code, out.as_str(), err.as_str()), (7, "out\n", "err\n"));
+    let (code, out, _) = exec(
+        admin,
+        "main",
+        &["sh", "-c", "cat; echo done"],
+        Some("hello\n"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!((code, out.as_str()), (0, "hello\ndone\n"));
+    let (code, out, _) = exec(
+        admin,
+        "main",
+        &["sh", "-c", "tty; echo oops >&2"],
+        None,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("\r\noops\r\n"),
+        "{out:?}"
+    );
+    let wrong = exec(admin, "nope", &["true"], None, false)
+        .await
+        .unwrap_err();
+    assert!(
+        wrong
+            .to_string()
+            .contains(r#"container "nope" is not running"#),
+        "{wrong:#}"
+    );
 }
 
 /// Processes whose command line names `dir` (shims of this node).
@@ -148,6 +251,8 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
             .unwrap();
         assert_eq!(limits.memory_bytes, Some(48 << 20));
         assert_eq!(limits.cpu_quota_micros, Some(50_000));
+        let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
+        exec_through_the_api(&client, &admin).await;
         // Follow the log while the pod is taken out of the config: it stops gracefully,
         // then goes.
         let follower = client.clone();
@@ -167,7 +272,6 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
             tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap(),
             "second run"
         );
-        let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
         let mut without = config.clone();
         without.machine.pods.clear();
         let applied: ApplyResponse = admin

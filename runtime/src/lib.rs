@@ -22,6 +22,7 @@ pub mod cgroups;
 pub mod container;
 pub mod cri_log;
 pub mod digest;
+pub mod exec;
 pub mod images;
 pub mod layer;
 pub mod layout;

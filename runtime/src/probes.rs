@@ -206,16 +206,9 @@ pub async fn run_once(
         if command_line.is_empty() {
             return Err("exec probe without a command".into());
         }
-        let mut command = std::process::Command::new(&target.shim.program);
-        command
-            .args(&target.shim.args)
-            .arg("exec")
-            .arg(&target.instance)
-            .arg("--")
-            .args(&command_line)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
+        let mut command =
+            crate::exec::shim_command(&target.shim, &target.instance, &command_line, None);
+        command.stdout(std::process::Stdio::piped());
         let spawned = target
             .spawner
             .spawn(&mut command)

@@ -16,10 +16,11 @@ use k8s_openapi::api::core::v1::PodSpec;
 use crate::cgroups::CgroupLayout;
 use crate::container::{Instance, ShimProgram};
 use crate::cri_log::{self, LogError, ReadOptions};
+use crate::exec::{self, ExecOptions, ExecSession};
 use crate::images::{ImageError, ImageStore};
 use crate::plan::PodIdentity;
 use crate::pod::{self, BackoffPolicy, NodeContext, Pod, PodRecord, PodRuntimeStatus};
-use crate::process::{DirectSpawner, Spawned, Spawner};
+use crate::process::{DirectSpawner, Spawner};
 use crate::rootfs::{LayerCache, RootfsError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::shim::ShimError;
@@ -455,14 +456,15 @@ impl Runtime {
         Ok(())
     }
 
-    /// Starts `command` in the running container, with piped stdin, stdout and stderr
-    /// (`kubectl exec -i`). Its exit code is the command's.
-    pub fn exec(
+    /// Starts a command in the running container `container` of pod `uid`, as
+    /// `kubectl exec` does: with piped stdin, stdout and stderr, or with a terminal.
+    /// The session's process exit code is the command's.
+    pub async fn exec(
         &self,
         uid: &str,
         container: &str,
-        command: &[String],
-    ) -> Result<Spawned, RuntimeError> {
+        options: &ExecOptions,
+    ) -> Result<ExecSession, RuntimeError> {
         let pod = self.pod(uid)?;
         if !pod.is_running(container) {
             return Err(RuntimeError::Container {
@@ -472,20 +474,18 @@ impl Runtime {
         }
         let attempt = pod.attempts(container).last().copied().unwrap_or(0);
         let instance = pod.container_dir(container).join(attempt.to_string());
-        let mut process = std::process::Command::new(&self.node.shim.program);
-        process
-            .args(&self.node.shim.args)
-            .arg("exec")
-            .arg(&instance)
-            .arg("--")
-            .args(command)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        self.node
-            .spawner
-            .spawn(&mut process)
-            .map_err(io("starting exec for", &instance))
+        exec::start(
+            self.node.spawner.as_ref(),
+            &self.node.shim,
+            &instance,
+            options,
+            &self.root.join("exec"),
+        )
+        .await
+        .map_err(|err| RuntimeError::Container {
+            pod: uid.to_owned(),
+            message: err.to_string(),
+        })
     }
 
     /// Stops managing pods without touching their containers, as when the runtime

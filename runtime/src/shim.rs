@@ -571,43 +571,50 @@ fn answer(stream: UnixStream, shared: &Shared) -> io::Result<()> {
     (&stream).write_all(&bytes)
 }
 
-/// The entry point of `cairn shim exec <dir> -- <command…>`: runs `command` inside the
-/// running container of `dir` with the caller's stdin, stdout and stderr, and returns
+/// The entry point of `cairn shim exec [--console-socket <path>] <dir> -- <command…>`:
+/// runs `command` inside the running container of `dir` as the container's own process
+/// runs (its user, environment, working directory, capabilities and limits) and returns
 /// its exit code (128 + signal when killed; 126 when it could not be started).
-pub fn exec_main(dir: &Path, command: &[String]) -> i32 {
-    let paths = ShimPaths::new(dir);
-    let config: ShimConfig = match read_json(&paths.config()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("cairn shim exec: {err}");
-            return 126;
+///
+/// Without a console socket the command has the caller's stdin, stdout and stderr.
+/// With one, it gets a new terminal of the container's `/dev/pts` as its controlling
+/// terminal and stdio, and the terminal's master goes to whoever listens on the socket
+/// (as runc's `--console-socket`).
+pub fn exec_main(dir: &Path, console_socket: Option<&Path>, command: &[String]) -> i32 {
+    match exec_in_container(dir, console_socket, command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("cairn shim exec: {message}");
+            126
         }
-    };
-    if command.is_empty() {
-        eprintln!("cairn shim exec: no command");
-        return 126;
     }
-    let builder = match ContainerBuilder::new(config.id.clone(), SyscallType::default())
+}
+
+/// [`exec_main`]'s work; the error says why the command could not run.
+fn exec_in_container(
+    dir: &Path,
+    console_socket: Option<&Path>,
+    command: &[String],
+) -> Result<i32, String> {
+    let paths = ShimPaths::new(dir);
+    let config: ShimConfig = read_json(&paths.config()).map_err(|err| err.to_string())?;
+    if command.is_empty() {
+        return Err("no command".into());
+    }
+    let process_file = exec_process_file(&config, dir, command, console_socket.is_some())?;
+    let built = ContainerBuilder::new(config.id.clone(), SyscallType::default())
         .with_root_path(&config.state_root)
-    {
-        Ok(builder) => builder,
-        Err(err) => {
-            eprintln!("cairn shim exec: libcontainer state: {err}");
-            return 126;
-        }
-    };
-    let pid = match builder
-        .as_tenant()
-        .with_container_args(command.to_vec())
-        .with_detach(true)
-        .build()
-    {
-        Ok(pid) => pid,
-        Err(err) => {
-            eprintln!("cairn shim exec: {err}");
-            return 126;
-        }
-    };
+        .map_err(|err| format!("libcontainer state: {err}"))
+        .map(|builder| {
+            builder
+                .with_console_socket(console_socket)
+                .as_tenant()
+                .with_process(Some(process_file.path()))
+                .with_detach(true)
+                .build()
+        });
+    drop(process_file);
+    let pid = built?.map_err(|err| err.to_string())?;
     // SIGTERM or SIGINT to this process (a probe's timeout, a client gone) ends the
     // command too, so nothing is left running in the container.
     let child = Pid::from_raw(pid.as_raw());
@@ -623,15 +630,42 @@ pub fn exec_main(dir: &Path, command: &[String]) -> i32 {
     }
     loop {
         match nix::sys::wait::waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => {
-                eprintln!("cairn shim exec: waiting: {err}");
-                return 126;
-            }
+            Err(err) => return Err(format!("waiting: {err}")),
         }
     }
+}
+
+/// Writes the exec'd process's OCI description into a temporary file of `dir`: the
+/// container's own process (as its `config.json` in the bundle says) with `command`
+/// as its arguments and a terminal when asked.
+fn exec_process_file(
+    config: &ShimConfig,
+    dir: &Path,
+    command: &[String],
+    terminal: bool,
+) -> Result<tempfile::NamedTempFile, String> {
+    let spec_path = config.bundle.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&spec_path)
+        .map_err(|err| format!("reading {}: {err}", spec_path.display()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| format!("{} has no process", spec_path.display()))?;
+    process
+        .set_args(Some(command.to_vec()))
+        .set_terminal(Some(terminal))
+        .set_console_size(None);
+    let file = tempfile::Builder::new()
+        .prefix("exec-")
+        .suffix(".json")
+        .tempfile_in(dir)
+        .map_err(|err| format!("creating the process file in {}: {err}", dir.display()))?;
+    serde_json::to_writer(file.as_file(), &process)
+        .map_err(|err| format!("writing {}: {err}", file.path().display()))?;
+    Ok(file)
 }
 
 /// The `cairn shim` command line: `run <dir>` or `exec <dir> -- <command…>`; returns
@@ -640,10 +674,17 @@ pub fn cli(args: &[String]) -> i32 {
     match args {
         [verb, dir] if verb == "run" => main(Path::new(dir)),
         [verb, dir, separator, command @ ..] if verb == "exec" && separator == "--" => {
-            exec_main(Path::new(dir), command)
+            exec_main(Path::new(dir), None, command)
+        }
+        [verb, option, socket, dir, separator, command @ ..]
+            if verb == "exec" && option == "--console-socket" && separator == "--" =>
+        {
+            exec_main(Path::new(dir), Some(Path::new(socket)), command)
         }
         _ => {
-            eprintln!("usage: cairn shim run <container-dir> | exec <container-dir> -- <command…>");
+            eprintln!(
+                "usage: cairn shim run <container-dir> | exec [--console-socket <path>] <container-dir> -- <command…>"
+            );
             2
         }
     }

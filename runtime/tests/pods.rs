@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use cairn_runtime::cgroups::CgroupLayout;
 use cairn_runtime::container::ShimProgram;
 use cairn_runtime::cri_log::ReadOptions;
+use cairn_runtime::exec::ExecOptions;
 use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::pod::{BackoffPolicy, Phase, PodRuntimeStatus};
 use cairn_runtime::runtime::{PodRequest, Runtime, RuntimeConfig};
@@ -464,17 +465,19 @@ async fn probes_flip_readiness_and_a_failed_liveness_probe_restarts() {
         },
     )
     .await;
-    let run = |command: &[&str]| {
-        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-        node.runtime().exec(&uid, "web", &command).unwrap().exit
-    };
-    assert_eq!(run(&["rm", "/tmp/ready"]).await.unwrap(), 0);
+    assert_eq!(
+        exec_code(&node, &uid, "web", &["rm", "/tmp/ready"]).await,
+        0
+    );
     eventually(&node, "readiness to drop", Duration::from_secs(30), || {
         (!container(&node.status(&uid), "web").ready).then_some(())
     })
     .await;
     assert!(node.status(&uid).container_statuses[0].restart_count == 0);
-    assert_eq!(run(&["rm", "/www/index.html"]).await.unwrap(), 0);
+    assert_eq!(
+        exec_code(&node, &uid, "web", &["rm", "/www/index.html"]).await,
+        0
+    );
     eventually(
         &node,
         "the liveness probe to restart it",
@@ -509,6 +512,7 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
                   {{"name":"prepare","image":"{IMAGE}","command":["sh","-c","echo prepared > /shared/note"],
                     "volumeMounts":[{{"name":"shared","mountPath":"/shared"}}]}},
                   {{"name":"sidecar","image":"{IMAGE}","restartPolicy":"Always",
+                    "securityContext":{{"runAsUser":1234}},
                     "command":["sh","-c","trap 'echo sidecar stops; exit 0' TERM; while true; do sleep 0.2; done"]}}],
                 "containers":[{{"name":"app","image":"{IMAGE}",
                   "command":["sh","-c","cat /shared/note /etc/conf/greeting; echo; hostname; trap 'sleep 1; echo got TERM; exit 0' TERM; while true; do sleep 0.2; done"],
@@ -539,17 +543,21 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
         .exec(
             &uid,
             "app",
-            &[
-                "sh".into(),
-                "-c".into(),
-                "cat /etc/conf/greeting; echo x > /etc/conf/greeting".into(),
-            ],
+            &ExecOptions {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "cat /etc/conf/greeting; echo x > /etc/conf/greeting".into(),
+                ],
+                tty: false,
+            },
         )
+        .await
         .unwrap();
     let mut output = String::new();
     {
         use tokio::io::AsyncReadExt;
-        let stdout = exec.stdout.take().unwrap();
+        let stdout = exec.process.stdout.take().unwrap();
         cairn_runtime::process::async_reader(stdout)
             .unwrap()
             .read_to_string(&mut output)
@@ -558,10 +566,57 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
     }
     assert_eq!(output, "hi there");
     assert_ne!(
-        exec.exit.await.unwrap(),
+        exec.process.exit.await.unwrap(),
         0,
         "writing a config map volume fails"
     );
+    // Exec runs as the container's process does: here as the sidecar's user.
+    assert_eq!(
+        exec_code(
+            &node,
+            &uid,
+            "sidecar",
+            &["sh", "-c", "test $(id -u) = 1234"]
+        )
+        .await,
+        0
+    );
+    // With a terminal: sized as asked, input echoed, stdout and stderr on it.
+    let session = node
+        .runtime()
+        .exec(
+            &uid,
+            "app",
+            &ExecOptions {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "read line; stty size; tty; echo \"got $line\" >&2; exit 3".into(),
+                ],
+                tty: true,
+            },
+        )
+        .await
+        .unwrap();
+    let terminal = session.terminal.unwrap();
+    terminal.resize(100, 30).unwrap();
+    terminal.write_all(b"hello\n").await.unwrap();
+    let mut screen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = (&terminal).read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        screen.extend_from_slice(&buf[..n]);
+    }
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(
+        screen.starts_with("hello\r\n30 100\r\n/dev/pts/") && screen.ends_with("got hello\r\n"),
+        "{screen:?}"
+    );
+    assert_eq!(session.process.exit.await.unwrap(), 3);
     node.runtime().stop_pod(&uid, None).await.unwrap();
     // Both ended by their SIGTERM handlers (a SIGKILL after the grace would be 137),
     // the sidecar only after the app.
@@ -637,4 +692,14 @@ async fn a_restarted_runtime_re_attaches_to_running_containers() {
         "SIGKILLed after 1 s grace"
     );
     node.remove_all_and_check().await;
+}
+
+/// Runs `command` in `container` of pod `uid` without a terminal; its exit code.
+async fn exec_code(node: &Node, uid: &str, container: &str, command: &[&str]) -> i32 {
+    let options = ExecOptions {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+    };
+    let session = node.runtime().exec(uid, container, &options).await.unwrap();
+    session.process.exit.await.unwrap()
 }

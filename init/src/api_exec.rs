@@ -1,0 +1,271 @@
+//! The machine API's exec call (`cairnctl exec`, and what `kubectl exec` will reach):
+//! `GET /v1/pods/{namespace}/{name}/containers/{container}/exec?command=…` upgraded to
+//! a WebSocket that speaks Kubernetes' remote command protocol
+//! ([`cairn_api::remote_command`]). The command starts before the upgrade, so a pod,
+//! container or command that cannot run is answered as an ordinary API error; after
+//! it, stdin (and terminal resizes) flow in, stdout and stderr (or the terminal) flow
+//! out, and the exit code closes the stream as a `metav1.Status`. A client that goes
+//! away ends the command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use cairn_api::remote_command::{self, ExecRequest};
+use cairn_runtime::exec::{ExecOptions, ExecSession, Terminal};
+use cairn_runtime::process::{async_reader, async_writer, terminate};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::api_runtime::{find_pod, no_pod, unavailable};
+use crate::api_server::{NodeContext, error_response};
+
+/// How long output may still arrive after the command exited (from processes it left
+/// behind holding its stdout).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+/// How long a command told to end (its client gone) may take to do so.
+const END_GRACE: Duration = Duration::from_secs(10);
+
+/// One message for the client: a channel and its bytes.
+type Frame = (u8, Bytes);
+
+/// `GET …/containers/{container}/exec`.
+pub async fn exec(
+    State(ctx): State<Arc<NodeContext>>,
+    UrlPath((namespace, name, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(runtime) = ctx.runtime.get() else {
+        return unavailable();
+    };
+    let Some(pod) = find_pod(&runtime, &namespace, &name) else {
+        return no_pod(&namespace, &name);
+    };
+    let request = match ExecRequest::from_query(query.as_deref().unwrap_or_default()) {
+        Ok(request) => request,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, err.to_string(), Vec::new()),
+    };
+    let upgrade = upgrade.protocols([remote_command::PROTOCOL_V5, remote_command::PROTOCOL_V4]);
+    let Some(protocol) = upgrade.selected_protocol().cloned() else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the WebSocket must offer the subprotocol {} or {}",
+                remote_command::PROTOCOL_V5,
+                remote_command::PROTOCOL_V4
+            ),
+            Vec::new(),
+        );
+    };
+    let options = ExecOptions {
+        command: request.command.clone(),
+        tty: request.tty,
+    };
+    let session = match runtime.exec(&pod.uid, &container, &options).await {
+        Ok(session) => session,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, err.to_string(), Vec::new()),
+    };
+    let pid = session.process.pid;
+    let span = info_span!("exec", pod = %format!("{namespace}/{name}"), %container, pid);
+    let closes_channels = protocol == remote_command::PROTOCOL_V5;
+    upgrade
+        .on_failed_upgrade(move |err| {
+            warn!(error = %err, pid, "exec upgrade failed; ending the command");
+            terminate(pid);
+        })
+        .on_upgrade(move |socket| relay(socket, session, request, closes_channels).instrument(span))
+}
+
+/// Where the client's input goes.
+enum Input {
+    /// Nowhere: the client sends none.
+    None,
+    /// The command's stdin pipe.
+    Pipe(tokio::net::unix::pipe::Sender),
+    /// The command's terminal.
+    Terminal(Arc<Terminal>),
+}
+
+/// Relays one command's streams over `socket` until it has exited (or the client left).
+async fn relay(
+    socket: WebSocket,
+    mut session: ExecSession,
+    request: ExecRequest,
+    closes_channels: bool,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let (frames, mut outgoing) = mpsc::channel::<Frame>(16);
+    let mut pumps = tokio::task::JoinSet::new();
+    let process = &mut session.process;
+    let stderr = process
+        .stderr
+        .take()
+        .and_then(|pipe| async_reader(pipe).ok());
+    let mut input = Input::None;
+    match session.terminal.take() {
+        Some(terminal) => {
+            let terminal = Arc::new(terminal);
+            let output = Arc::clone(&terminal);
+            let sender = frames.clone();
+            pumps.spawn(async move { pump(&*output, remote_command::STDOUT, sender).await });
+            // Only `cairn shim exec`'s own complaints arrive here.
+            if let Some(stderr) = stderr {
+                pumps.spawn(pump(stderr, remote_command::STDOUT, frames.clone()));
+            }
+            if request.stdin {
+                input = Input::Terminal(terminal);
+            }
+        }
+        None => {
+            if let Some(stdout) = process.stdout.take().and_then(|p| async_reader(p).ok()) {
+                let channel = request.stdout.then_some(remote_command::STDOUT);
+                pumps.spawn(pump_or_drain(stdout, channel, frames.clone()));
+            }
+            if let Some(stderr) = stderr {
+                let channel = request.stderr.then_some(remote_command::STDERR);
+                pumps.spawn(pump_or_drain(stderr, channel, frames.clone()));
+            }
+            // Without stdin from the client, the command reads end-of-file at once.
+            if let Some(stdin) = process.stdin.take()
+                && request.stdin
+                && let Ok(stdin) = async_writer(stdin)
+            {
+                input = Input::Pipe(stdin);
+            }
+        }
+    }
+    let writer = tokio::spawn(async move {
+        while let Some((channel, data)) = outgoing.recv().await {
+            let mut message = Vec::with_capacity(data.len() + 1);
+            message.push(channel);
+            message.extend_from_slice(&data);
+            if sink.send(Message::Binary(message.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = incoming.next().await {
+            match message {
+                // Input that cannot be written is not a reason to end the command:
+                // its input is gone, as at EOF.
+                Message::Binary(data) if !take_input(&data, &mut input, closes_channels).await => {
+                    input = Input::None;
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = gone_tx.send(());
+    });
+    let exit = tokio::select! {
+        exit = &mut process.exit => exit,
+        _ = gone => {
+            debug!("the client left; ending the command");
+            terminate(process.pid);
+            let _ = tokio::time::timeout(END_GRACE, &mut process.exit).await;
+            pumps.abort_all();
+            writer.abort();
+            return;
+        }
+    };
+    if tokio::time::timeout(OUTPUT_DRAIN, async {
+        while pumps.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        debug!("output still open after the command exited; not waiting for it");
+        pumps.abort_all();
+    }
+    let status = match exit {
+        Ok(code) => remote_command::exit_status(&request.command, code),
+        Err(err) => remote_command::failure_status(format!("waiting for the command: {err}")),
+    };
+    match serde_json::to_vec(&status) {
+        Ok(json) => {
+            let _ = frames.send((remote_command::ERROR, json.into())).await;
+        }
+        Err(err) => warn!(error = %err, "encoding the exec status"),
+    }
+    drop(frames);
+    let _ = writer.await;
+    reader.abort();
+}
+
+/// Handles one client message; false when the command's input can no longer be
+/// written.
+async fn take_input(data: &[u8], input: &mut Input, closes_channels: bool) -> bool {
+    let Some((&channel, payload)) = data.split_first() else {
+        return true;
+    };
+    match (channel, &mut *input) {
+        (remote_command::STDIN, Input::Pipe(stdin)) => stdin.write_all(payload).await.is_ok(),
+        (remote_command::STDIN, Input::Terminal(terminal)) => {
+            terminal.write_all(payload).await.is_ok()
+        }
+        (remote_command::RESIZE, Input::Terminal(terminal)) => {
+            match serde_json::from_slice::<remote_command::TerminalSize>(payload) {
+                Ok(size) => {
+                    if let Err(err) = terminal.resize(size.width, size.height) {
+                        debug!(error = %err, "resizing the terminal");
+                    }
+                }
+                Err(err) => debug!(error = %err, "an unreadable resize message"),
+            }
+            true
+        }
+        (remote_command::CLOSE, _) if closes_channels => {
+            // Closing stdin: the pipe's end-of-file. A terminal has none; it stays.
+            if payload.first() == Some(&remote_command::STDIN) && matches!(input, Input::Pipe(_)) {
+                *input = Input::None;
+            }
+            true
+        }
+        _ => true,
+    }
+}
+
+/// Sends what `reader` yields on `channel` until it ends or the client is gone.
+async fn pump(mut reader: impl AsyncRead + Unpin, channel: u8, frames: mpsc::Sender<Frame>) {
+    let mut buffer = vec![0u8; 32 * 1024];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if frames
+                    .send((channel, Bytes::copy_from_slice(&buffer[..n])))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// [`pump`] to `channel`, or reads and drops everything when the client did not ask
+/// for it (so the command never blocks on a full pipe).
+async fn pump_or_drain(
+    mut reader: impl AsyncRead + Unpin,
+    channel: Option<u8>,
+    frames: mpsc::Sender<Frame>,
+) {
+    match channel {
+        Some(channel) => pump(reader, channel, frames).await,
+        None => {
+            let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+        }
+    }
+}
