@@ -124,6 +124,7 @@ impl Secrets {
                 kernel_modules: Vec::new(),
                 certs,
                 pods: Vec::new(),
+                config_maps: Vec::new(),
             },
             cluster: Some(ClusterSpec {
                 name: self.cluster_name.clone(),

@@ -12,7 +12,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::pki;
@@ -124,6 +125,12 @@ pub struct MachineSpec {
     /// cluster (as the kubelet's static pods and Talos' `machine.pods`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<serde_json::Value>,
+    /// Kubernetes `ConfigMap`s the static pods may mount as volumes (in their own
+    /// namespace, `default` when none is named). A static pod cannot reach the
+    /// cluster's objects, so the node's config carries them; a static pod restarts
+    /// when a config map it mounts changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_maps: Vec<serde_json::Value>,
 }
 
 /// The role a node plays in its cluster.
@@ -452,6 +459,28 @@ impl MachineConfig {
                 problems.append(&mut pod_problems);
             }
         }
+        let mut config_map_names = BTreeSet::new();
+        for (i, value) in machine.config_maps.iter().enumerate() {
+            let path = format!("machine.configMaps[{i}]");
+            match config_map(value, &path) {
+                Ok(map) => {
+                    let key = (
+                        map.metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        map.metadata.name.clone().unwrap_or_default(),
+                    );
+                    if !config_map_names.insert(key.clone()) {
+                        problems.push(FieldError::new(
+                            format!("{path}.metadata.name"),
+                            format!("{}/{} is given twice", key.0, key.1),
+                        ));
+                    }
+                }
+                Err(mut map_problems) => problems.append(&mut map_problems),
+            }
+        }
         self.check_cluster(&interfaces, &mut problems);
         problems
     }
@@ -464,6 +493,17 @@ impl MachineConfig {
             .iter()
             .enumerate()
             .filter_map(|(i, pod)| static_pod(pod, &format!("machine.pods[{i}]")).ok())
+            .collect()
+    }
+
+    /// The config maps of `machine.configMaps`, parsed (invalid ones left out;
+    /// `validate` reports them).
+    pub fn static_config_maps(&self) -> Vec<ConfigMap> {
+        self.machine
+            .config_maps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, map)| config_map(map, &format!("machine.configMaps[{i}]")).ok())
             .collect()
     }
 
@@ -765,6 +805,7 @@ pub fn changes(old: &MachineConfig, new: &MachineConfig) -> ConfigChanges {
     note(a.sysctls != b.sysctls, "machine.sysctls", true);
     note(a.certs != b.certs, "machine.certs", true);
     note(a.pods != b.pods, "machine.pods", true);
+    note(a.config_maps != b.config_maps, "machine.configMaps", true);
     note(a.machine_type != b.machine_type, "machine.type", false);
     note(a.install != b.install, "machine.install", false);
     note(
@@ -789,6 +830,73 @@ fn is_dns_name(name: &str, dots: bool) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// Parses and checks one config map at `path`: a name, and keys as Kubernetes allows
+/// them (`[-._a-zA-Z0-9]`, at most 253, not `.` or `..`), each in `data` or
+/// `binaryData`, not both.
+fn config_map(value: &serde_json::Value, path: &str) -> Result<ConfigMap, Vec<FieldError>> {
+    let map: ConfigMap = serde_json::from_value(value.clone())
+        .map_err(|e| vec![FieldError::new(path, format!("is not a ConfigMap: {e}"))])?;
+    // (k8s-openapi refuses another `kind` or `apiVersion` while parsing.)
+    let mut problems = Vec::new();
+    check_object_name(&map.metadata, path, &mut problems);
+    let binary_keys: BTreeSet<&String> = map.binary_data.iter().flatten().map(|(k, _)| k).collect();
+    let keys = map
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, _)| ("data", k))
+        .chain(binary_keys.iter().map(|k| ("binaryData", *k)));
+    for (field, key) in keys {
+        let valid = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            problems.push(FieldError::new(
+                format!("{path}.{field}.{key}"),
+                "is not a valid key (letters, digits, '-', '_' and '.')",
+            ));
+        } else if field == "data" && binary_keys.contains(key) {
+            problems.push(FieldError::new(
+                format!("{path}.data.{key}"),
+                "is also in binaryData",
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(map)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Checks an object's `metadata.name` (a DNS-1123 subdomain, required) and
+/// `metadata.namespace` (a DNS-1123 label, optional).
+fn check_object_name(metadata: &ObjectMeta, path: &str, problems: &mut Vec<FieldError>) {
+    match metadata.name.as_deref() {
+        Some(name) if is_dns_name(name, true) => {}
+        Some(name) => problems.push(FieldError::new(
+            format!("{path}.metadata.name"),
+            format!("{name:?} is not a DNS-1123 subdomain"),
+        )),
+        None => problems.push(FieldError::new(
+            format!("{path}.metadata.name"),
+            "is required",
+        )),
+    }
+    if let Some(namespace) = &metadata.namespace
+        && !is_dns_name(namespace, false)
+    {
+        problems.push(FieldError::new(
+            format!("{path}.metadata.namespace"),
+            format!("{namespace:?} is not a DNS-1123 label"),
+        ));
+    }
+}
+
 /// Parses and checks one static pod manifest at `path`.
 fn static_pod(value: &serde_json::Value, path: &str) -> Result<Pod, Vec<FieldError>> {
     let pod: Pod = serde_json::from_value(value.clone())
@@ -802,25 +910,7 @@ fn static_pod(value: &serde_json::Value, path: &str) -> Result<Pod, Vec<FieldErr
             format!("{kind:?} is not Pod"),
         ));
     }
-    match pod.metadata.name.as_deref() {
-        Some(name) if is_dns_name(name, true) => {}
-        Some(name) => problems.push(FieldError::new(
-            format!("{path}.metadata.name"),
-            format!("{name:?} is not a DNS-1123 subdomain"),
-        )),
-        None => problems.push(FieldError::new(
-            format!("{path}.metadata.name"),
-            "is required",
-        )),
-    }
-    if let Some(namespace) = &pod.metadata.namespace
-        && !is_dns_name(namespace, false)
-    {
-        problems.push(FieldError::new(
-            format!("{path}.metadata.namespace"),
-            format!("{namespace:?} is not a DNS-1123 label"),
-        ));
-    }
+    check_object_name(&pod.metadata, path, &mut problems);
     let Some(spec) = &pod.spec else {
         problems.push(FieldError::new(format!("{path}.spec"), "is required"));
         return Err(problems);
@@ -1139,6 +1229,47 @@ mod tests {
             ]
         );
         assert!(config.static_pods().is_empty());
+    }
+
+    #[test]
+    fn static_config_maps_are_checked_and_change_live() {
+        let config = valid();
+        let mut with_map = config.clone();
+        with_map.machine.config_maps = vec![serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+            "data": {"greeting": "hi", "app.conf": "x=1"}})];
+        let yaml = with_map.to_yaml().unwrap();
+        let with_map = MachineConfig::from_yaml(&yaml).expect("a config with a config map");
+        assert!(
+            with_map.validate().is_empty(),
+            "{:?}",
+            problems_of(&with_map)
+        );
+        assert_eq!(
+            with_map.static_config_maps()[0].data.as_ref().unwrap()["greeting"],
+            "hi"
+        );
+        assert_eq!(changes(&config, &with_map).live, ["machine.configMaps"]);
+        let mut bad = config;
+        bad.machine.config_maps = vec![
+            serde_json::json!({"kind": "Secret", "metadata": {"name": "a"}}),
+            serde_json::json!({"metadata": {"name": "b"}, "data": {"../x": "1", "k": "1"},
+                "binaryData": {"k": "MQ=="}}),
+            serde_json::json!({"metadata": {"name": "c"}}),
+            serde_json::json!({"metadata": {"name": "c", "namespace": "default"}}),
+            serde_json::json!({"metadata": {}, "data": {"k": 1}}),
+        ];
+        assert_eq!(
+            paths_of(&bad),
+            [
+                "machine.configMaps[0]",
+                "machine.configMaps[1].data.../x",
+                "machine.configMaps[1].data.k",
+                "machine.configMaps[3].metadata.name",
+                "machine.configMaps[4]",
+            ]
+        );
+        assert_eq!(bad.static_config_maps().len(), 2);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Host tier (root): a static pod on `cairn node`, driven through the machine API as
 //! `cairnctl` does: it waits for its image, which is then imported; an init-time
-//! sidecar, a readiness probe, limits in the cgroup files, a crash and its restart
+//! sidecar, a config map volume (from `machine.configMaps`), a readiness probe, limits in the cgroup files, a crash and its restart
 //! (with the previous instance's log), a followed log that sees the graceful stop when
 //! the node shuts down, exec through the machine API (streams, exit code, stdin, a
 //! terminal), and nothing left behind (shims, mounts, cgroups).
@@ -33,7 +33,8 @@ fn static_pod() -> serde_json::Value {
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {
             "terminationGracePeriodSeconds": 5,
-            "volumes": [{"name": "shared", "emptyDir": {}}],
+            "volumes": [{"name": "shared", "emptyDir": {}},
+                        {"name": "conf", "configMap": {"name": "settings"}}],
             "initContainers": [{
                 "name": "sidecar", "image": BUSYBOX_IMAGE, "restartPolicy": "Always",
                 "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do date > /shared/now; sleep 0.5; done"],
@@ -41,12 +42,21 @@ fn static_pod() -> serde_json::Value {
             }],
             "containers": [{
                 "name": "main", "image": BUSYBOX_IMAGE,
-                "command": ["sh", "-c", "if [ -f /shared/crashed ]; then echo second run; trap 'echo stopping; exit 0' TERM; while true; do sleep 0.2; done; else echo first run; touch /shared/crashed; exit 1; fi"],
+                "command": ["sh", "-c", "if [ -f /shared/crashed ]; then echo second run, $(cat /etc/conf/greeting); trap 'echo stopping; exit 0' TERM; while true; do sleep 0.2; done; else echo first run; touch /shared/crashed; exit 1; fi"],
                 "resources": {"limits": {"memory": "48Mi", "cpu": "500m"}},
                 "readinessProbe": {"exec": {"command": ["test", "-f", "/shared/now"]}, "periodSeconds": 1},
-                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
+                                 {"name": "conf", "mountPath": "/etc/conf"}]
             }]
         }
+    })
+}
+
+fn config_map() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"greeting": "hi there"}
     })
 }
 
@@ -201,10 +211,12 @@ fn processes_naming(dir: &str) -> Vec<i32> {
 fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
     let (secrets, mut config) = secrets_and_config("pods-1");
     config.machine.pods = vec![static_pod()];
+    config.machine.config_maps = vec![config_map()];
     let file = config_file(&config.to_yaml().unwrap());
     let mut node = HostedNode::start(file.path(), &[]);
     let address = node.api_address(T);
-    let line = node.wait_for(r"container runtime ready root=", T);
+    // The runtime and the machine API start in no fixed order.
+    let line = node.seen_or_wait_for(r"container runtime ready root=", T);
     let root = line.rsplit("root=").next().unwrap().trim().to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -245,7 +257,10 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
             )
         };
         assert_eq!(client.get_text(&logs(true)).await.unwrap(), "first run\n");
-        assert_eq!(client.get_text(&logs(false)).await.unwrap(), "second run\n");
+        assert_eq!(
+            client.get_text(&logs(false)).await.unwrap(),
+            "second run, hi there\n"
+        );
         let limits = CgroupLayout::detect()
             .limits(&format!("/cairn/pod{}/main-1", running.uid))
             .unwrap();
@@ -270,7 +285,7 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
         });
         assert_eq!(
             tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap(),
-            "second run"
+            "second run, hi there"
         );
         let mut without = config.clone();
         without.machine.pods.clear();

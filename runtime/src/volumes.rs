@@ -6,12 +6,12 @@
 //! config maps and secrets come from the caller (the node agent reads them from the
 //! API); the runtime never talks to the cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Secret, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PodSpec, Secret, Volume,
 };
 use nix::mount::{MntFlags, MsFlags};
 
@@ -29,6 +29,24 @@ pub struct PodSources {
     pub secrets: BTreeMap<String, Secret>,
     /// The pod's service-account token, for projected token sources.
     pub service_account_token: Option<String>,
+}
+
+/// The names of the config maps `spec`'s volumes project (`configMap` volumes and
+/// `projected` config map sources).
+pub fn referenced_config_maps(spec: &PodSpec) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for volume in spec.volumes.iter().flatten() {
+        if let Some(source) = &volume.config_map {
+            names.insert(source.name.clone());
+        }
+        let projected = volume.projected.as_ref().and_then(|p| p.sources.as_ref());
+        for source in projected.into_iter().flatten() {
+            if let Some(map) = &source.config_map {
+                names.insert(map.name.clone());
+            }
+        }
+    }
+    names
 }
 
 /// A pod volume prepared on the node.

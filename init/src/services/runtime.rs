@@ -1,7 +1,7 @@
 //! `runtime`: the node's container runtime (`cairn-runtime`). It opens the runtime's
 //! state (re-attaching to containers whose shims survived a restart of this service),
-//! runs the static pods of `machine.pods` and keeps them in step with the running
-//! config, and publishes the runtime for the machine API (pods, logs, images). Shims
+//! runs the static pods of `machine.pods` (with the config maps of
+//! `machine.configMaps`) and keeps them in step with the running config, and publishes the runtime for the machine API (pods, logs, images). Shims
 //! are started through the node's reaper, which owns every child's exit status. At
 //! node shutdown the pods are stopped gracefully.
 
@@ -14,9 +14,10 @@ use cairn_runtime::container::ShimProgram;
 use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::process::{Spawned, Spawner};
 use cairn_runtime::runtime::{PodRequest, Runtime, RuntimeConfig};
+use cairn_runtime::volumes::{self, PodSources};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use sha2::Digest as _;
 use tracing::{info, warn};
 
@@ -114,45 +115,69 @@ impl RuntimeService {
     }
 }
 
-/// The node-unique uid of a static pod: its namespace, name and a hash of its
-/// manifest (a changed manifest is a new pod, as with the kubelet's static pods).
-pub fn static_uid(pod: &Pod) -> String {
-    let manifest = serde_json::to_vec(pod).unwrap_or_default();
-    let hash = sha2::Sha256::digest(&manifest);
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+/// The node-unique uid of a static pod: a hash of its manifest and of the config
+/// maps it mounts (a changed manifest or config map makes a new pod, as a changed
+/// manifest does with the kubelet's static pods).
+pub fn static_uid(pod: &Pod, config_maps: &BTreeMap<String, ConfigMap>) -> String {
+    let mut hash = sha2::Sha256::new();
+    hash.update(serde_json::to_vec(pod).unwrap_or_default());
+    for map in config_maps.values() {
+        hash.update(serde_json::to_vec(map).unwrap_or_default());
+    }
+    let hex: String = hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{STATIC_PREFIX}{hex}")
 }
 
-/// The runtime request of a static pod.
-fn request(pod: &Pod) -> Option<PodRequest> {
+/// The runtime request of a static pod, with the config maps of `config_maps` it
+/// mounts (those of its namespace).
+fn request(pod: &Pod, config_maps: &[ConfigMap]) -> Option<PodRequest> {
     let spec = pod.spec.clone()?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let wanted = volumes::referenced_config_maps(&spec);
+    let mounted: BTreeMap<String, ConfigMap> = config_maps
+        .iter()
+        .filter(|map| map.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+        .filter_map(|map| {
+            let name = map.metadata.name.clone()?;
+            wanted.contains(&name).then(|| (name, map.clone()))
+        })
+        .collect();
     Some(PodRequest {
         identity: PodIdentity {
-            namespace: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
+            uid: static_uid(pod, &mounted),
+            namespace,
             name: pod.metadata.name.clone()?,
-            uid: static_uid(pod),
+        },
+        sources: PodSources {
+            config_maps: mounted,
+            ..PodSources::default()
         },
         spec,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         annotations: pod.metadata.annotations.clone().unwrap_or_default(),
-        ..PodRequest::default()
     })
 }
 
 /// Starts the static pods of `pods` that do not run yet and removes those no longer
-/// wanted.
+/// wanted; their config map volumes come from `config_maps`.
 fn reconcile(
     runtime: &Arc<Runtime>,
     pods: &[Pod],
+    config_maps: &[ConfigMap],
     removing: &mut BTreeMap<String, tokio::task::JoinHandle<()>>,
 ) {
     let wanted: BTreeMap<String, PodRequest> = pods
         .iter()
-        .filter_map(request)
+        .filter_map(|pod| request(pod, config_maps))
         .map(|r| (r.identity.uid.clone(), r))
         .collect();
     removing.retain(|_, task| !task.is_finished());
@@ -217,8 +242,9 @@ impl Service for RuntimeService {
             info!(root = %settings.root.display(), "container runtime ready");
             let mut removing = BTreeMap::new();
             loop {
-                let pods = config_manager.current().await.static_pods();
-                reconcile(&runtime, &pods, &mut removing);
+                let config = config_manager.current().await;
+                let (pods, config_maps) = (config.static_pods(), config.static_config_maps());
+                reconcile(&runtime, &pods, &config_maps, &mut removing);
                 tokio::select! {
                     () = ctx.shutdown.cancelled() => break,
                     () = tokio::time::sleep(RECONCILE_EVERY) => {}
@@ -244,5 +270,61 @@ impl Service for RuntimeService {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "volumes": [{"name": "conf", "configMap": {"name": "settings"}}],
+                "containers": [{"name": "main", "image": "busybox"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn map(name: &str, namespace: Option<&str>, value: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"greeting": value}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn static_pods_get_the_config_maps_they_mount_and_restart_when_those_change() {
+        let maps = [
+            map("settings", None, "hi"),
+            map("other", None, "x"),
+            map("settings", Some("kube-system"), "elsewhere"),
+        ];
+        let first = request(&pod(), &maps).unwrap();
+        assert_eq!(
+            first.sources.config_maps.keys().collect::<Vec<_>>(),
+            ["settings"]
+        );
+        assert_eq!(
+            first.sources.config_maps["settings"].data.as_ref().unwrap()["greeting"],
+            "hi"
+        );
+        let unrelated = [maps[0].clone(), map("other", None, "y"), maps[2].clone()];
+        assert_eq!(
+            request(&pod(), &unrelated).unwrap().identity.uid,
+            first.identity.uid
+        );
+        let changed = [map("settings", None, "hello"), maps[1].clone()];
+        assert_ne!(
+            request(&pod(), &changed).unwrap().identity.uid,
+            first.identity.uid
+        );
+        // Without its config map the pod still starts, and says what is missing.
+        let missing = request(&pod(), &[]).unwrap();
+        assert!(missing.sources.config_maps.is_empty());
+        assert_ne!(missing.identity.uid, first.identity.uid);
     }
 }
