@@ -1,21 +1,25 @@
 //! QEMU end-to-end scenario of the container runtime inside a Cairn VM (cgroup v2,
 //! PID 1 reaping, the node's own overlay module): static pods from the machine config
 //! wait for their image, which is imported over the machine API; a pod with a sidecar,
-//! a readiness probe and limits runs and its logs are read through the API; a pod
-//! over its memory limit is OOM-killed and reported so; the node powers off with its
-//! pods stopped in order.
+//! a readiness probe, limits and a config map volume crashes once, is restarted and
+//! runs, its logs (both instances) are read and commands run in it (with and without
+//! a terminal) through the API; a pod over its memory limit is OOM-killed and reported
+//! so; the node powers off with its pods stopped in order.
 //!
 //! Run by `cargo xtask test` (needs root, QEMU and a built image).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_api::machine_api::{ImageInfo, PodInfo, paths};
 use cairn_api::pki::Role;
+use cairn_api::remote_command::ExecRequest;
 use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
 use cairnctl::client::NodeClient;
+use cairnctl::exec::LocalStreams;
 use qemu_tests::{Cluster, VmSpec, configs, eventually};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -28,7 +32,8 @@ fn pods() -> Vec<serde_json::Value> {
             "metadata": {"name": "web"},
             "spec": {
                 "terminationGracePeriodSeconds": 5,
-                "volumes": [{"name": "shared", "emptyDir": {"medium": "Memory"}}],
+                "volumes": [{"name": "shared", "emptyDir": {"medium": "Memory"}},
+                            {"name": "conf", "configMap": {"name": "settings"}}],
                 "initContainers": [{
                     "name": "sidecar", "image": BUSYBOX_IMAGE, "restartPolicy": "Always",
                     "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do date > /shared/now; sleep 1; done"],
@@ -36,10 +41,11 @@ fn pods() -> Vec<serde_json::Value> {
                 }],
                 "containers": [{
                     "name": "main", "image": BUSYBOX_IMAGE,
-                    "command": ["sh", "-c", "echo hello from $(hostname); cat /sys/fs/cgroup/memory.max; trap 'echo stopping; exit 0' TERM; while true; do sleep 0.5; done"],
+                    "command": ["sh", "-c", "if [ ! -f /shared/crashed ]; then touch /shared/crashed; echo first run; exit 3; fi; echo hello from $(hostname), $(cat /etc/conf/greeting); cat /sys/fs/cgroup/memory.max; trap 'echo stopping; exit 0' TERM; while true; do sleep 0.5; done"],
                     "resources": {"limits": {"memory": "32Mi", "cpu": "500m"}},
                     "readinessProbe": {"exec": {"command": ["test", "-f", "/shared/now"]}, "periodSeconds": 2},
-                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
+                                     {"name": "conf", "mountPath": "/etc/conf"}]
                 }]
             }
         }),
@@ -58,6 +64,48 @@ fn pods() -> Vec<serde_json::Value> {
     ]
 }
 
+fn config_maps() -> Vec<serde_json::Value> {
+    vec![serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"greeting": "hi there"}
+    })]
+}
+
+/// Runs `command` in web's main container as `cairnctl exec` does; exit code and
+/// output.
+async fn exec(client: &NodeClient, command: &[&str], tty: bool) -> (i32, String) {
+    let request = ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        stdin: false,
+        stdout: true,
+        stderr: false,
+        tty,
+    };
+    let output = Arc::new(Mutex::new(Vec::new()));
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let streams = LocalStreams {
+        stdin: Box::new(std::io::empty()),
+        stdout: Box::new(Sink(Arc::clone(&output))),
+        stderr: Box::new(std::io::sink()),
+        terminal_size: false,
+    };
+    let code = cairnctl::exec::exec(client, "default", "web", "main", &request, streams)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    (code, text)
+}
+
 fn find<'a>(pods: &'a [PodInfo], name: &str) -> Option<&'a PodInfo> {
     pods.iter().find(|p| p.name == name)
 }
@@ -70,6 +118,7 @@ fn pods_run_with_limits_probes_and_logs_inside_a_vm() {
     let secrets = configs::secrets();
     let mut config = configs::node(&secrets, "node-1", "10.5.0.2/24", true, false);
     config.machine.pods = pods();
+    config.machine.config_maps = config_maps();
     let mut spec = VmSpec::new("node-1")
         .config(&configs::yaml(&config))
         .management();
@@ -117,7 +166,7 @@ fn pods_run_with_limits_probes_and_logs_inside_a_vm() {
                     .find(|c| c.name == "main")
                     .ok_or("no main")?;
                 let hog = &find(&pods, "hog").ok_or("no hog".to_owned())?.containers[0];
-                if main.ready && hog.state == "terminated" {
+                if main.ready && main.restart_count == 1 && hog.state == "terminated" {
                     Ok(pods)
                 } else {
                     Err(format!("web {web:?}; hog {hog:?}"))
@@ -136,7 +185,28 @@ fn pods_run_with_limits_probes_and_logs_inside_a_vm() {
                 .await
                 .unwrap();
             // The container's own view of its cgroup: the limit, enforced above.
-            assert_eq!(log, format!("hello from web\n{}\n", 32 << 20));
+            assert_eq!(log, format!("hello from web, hi there\n{}\n", 32 << 20));
+            let previous = client
+                .get_text(&format!(
+                    "{}/default/web/containers/main/logs?previous=true",
+                    paths::PODS
+                ))
+                .await
+                .unwrap();
+            assert_eq!(previous, "first run\n");
+            let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
+            assert_eq!(
+                exec(
+                    &admin,
+                    &["sh", "-c", "cat /etc/conf/greeting; exit 5"],
+                    false
+                )
+                .await,
+                (5, "hi there".to_owned())
+            );
+            let (code, screen) = exec(&admin, &["tty"], true).await;
+            assert_eq!(code, 0);
+            assert!(screen.starts_with("/dev/pts/"), "{screen:?}");
         })
         .expect("namespace");
     vm.press_power_button().expect("power button");
