@@ -323,5 +323,8 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
         "stray cgroup {}",
         pod_cgroup.display()
     );
+    // An ephemeral node takes its pods' parent cgroup with it too.
+    let parent = CgroupLayout::detect().dir("memory", "/cairn");
+    assert!(!parent.exists(), "stray cgroup {}", parent.display());
     let _ = std::fs::remove_dir_all(Path::new(&root).parent().unwrap());
 }

@@ -126,6 +126,27 @@ impl CgroupLayout {
         }
         Ok(())
     }
+
+    /// Removes `cgroup` (in every hierarchy) if it has no child cgroups and no
+    /// processes; an error (`EBUSY`, `ENOTEMPTY`) otherwise, changing nothing. Gone
+    /// already is fine.
+    pub fn remove_if_empty(self, cgroup: &str) -> io::Result<()> {
+        let dirs = match self {
+            CgroupLayout::Unified => vec![self.dir("", cgroup)],
+            CgroupLayout::Legacy => std::fs::read_dir(CGROUP_ROOT)?
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|entry| entry.path().join(cgroup.trim_start_matches('/')))
+                .collect(),
+        };
+        for dir in dirs {
+            match std::fs::remove_dir(&dir) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Removes the cgroup directory `dir` after its child cgroups (cgroup directories

@@ -96,6 +96,9 @@ pub enum RuntimeError {
         /// What is wrong.
         message: String,
     },
+    /// Pods are still on the node.
+    #[error("{0} pods are still on the node")]
+    PodsRemain(usize),
     /// A file or directory could not be handled.
     #[error("{what} {path}: {source}")]
     Io {
@@ -486,6 +489,22 @@ impl Runtime {
             pod: uid.to_owned(),
             message: err.to_string(),
         })
+    }
+
+    /// Removes the node's parent cgroup of pods (`RuntimeConfig::cgroup_parent`) once
+    /// no pod is left, as a node that goes away for good does. Only an empty cgroup
+    /// goes: with a pod (of this or another runtime) still in it, it fails and changes
+    /// nothing.
+    pub fn remove_cgroup_parent(&self) -> Result<(), RuntimeError> {
+        let remaining = self.pods().len();
+        if remaining > 0 {
+            return Err(RuntimeError::PodsRemain(remaining));
+        }
+        let parent = PathBuf::from(&self.node.cgroup_parent);
+        self.node
+            .cgroups
+            .remove_if_empty(&self.node.cgroup_parent)
+            .map_err(io("removing the cgroup", &parent))
     }
 
     /// Stops managing pods without touching their containers, as when the runtime

@@ -1,16 +1,21 @@
 //! Registry pulls against a real registry: Debian's `docker-registry` (the CNCF
 //! distribution registry) started by the test on loopback, the busybox test image
 //! pushed into it with `oci-client`, then pulled by tag and by digest into a fresh
-//! image store, verified and unpacked; with `htpasswd` authentication, an anonymous
-//! pull is refused and a basic-auth pull succeeds.
+//! image store, verified and unpacked; with `htpasswd` authentication, and with
+//! bearer tokens from a token server the test runs (the registry's `auth.token`,
+//! JWTs signed with a key whose certificate the registry trusts), an anonymous pull
+//! and one with a wrong password are refused and the right credentials succeed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use cairn_runtime::images::ImageStore;
 use cairn_runtime::layer::{UnpackOptions, unpack};
 use cairn_runtime::pull::{Credentials, PullError, Puller};
@@ -41,8 +46,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How a test registry authenticates clients.
+enum Auth<'a> {
+    /// Not at all.
+    None,
+    /// `htpasswd` with one user and password.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from `TokenServer`.
+    Token(&'a TokenServer),
+}
+
 impl Registry {
-    fn start(user: Option<(&str, &str)>) -> Self {
+    fn start(auth: Auth<'_>) -> Self {
         assert!(
             Path::new("/usr/bin/docker-registry").exists(),
             "needs Debian's docker-registry (cargo xtask deps installs it)"
@@ -53,7 +68,14 @@ impl Registry {
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
             dir.path().join("data").display()
         );
-        if let Some((name, password)) = user {
+        if let Auth::Token(server) = &auth {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                server.address,
+                server.certificate.display()
+            ));
+        }
+        if let Auth::Basic(name, password) = auth {
             let output = Command::new("htpasswd")
                 .args(["-Bbn", name, password])
                 .output()
@@ -86,6 +108,178 @@ impl Registry {
             _dir: dir,
         }
     }
+}
+
+/// The `service` (token audience) of the token-authenticated registry.
+const TOKEN_SERVICE: &str = "cairn-test-registry";
+/// The issuer of its tokens.
+const TOKEN_ISSUER: &str = "cairn-test-issuer";
+
+/// A Docker token server on loopback (the protocol of Docker Hub's auth.docker.io):
+/// `GET /token?service=…&scope=repository:<name>:<actions>` with the right basic
+/// credentials answers a JWT (ES256, its certificate in the `x5c` header) granting
+/// the scopes asked for; anything else is 401. Stops when dropped.
+struct TokenServer {
+    address: String,
+    certificate: PathBuf,
+    issued: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl TokenServer {
+    fn start(user: &'static str, password: &'static str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec![TOKEN_ISSUER.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let certificate_path = dir.path().join("token-ca.pem");
+        std::fs::write(&certificate_path, certificate.pem()).unwrap();
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let chain = base64::engine::general_purpose::STANDARD.encode(certificate.der());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, stopping) = (Arc::clone(&issued), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let answer = |head: &str| {
+                    token_answer(head, (user, password), |claims| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        sign_jwt(&signer, &chain, claims)
+                    })
+                };
+                serve_one(stream, answer);
+            }
+        });
+        Self {
+            address,
+            certificate: certificate_path,
+            issued,
+            stop,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(&self.address);
+    }
+}
+
+/// Reads one HTTP request head from `stream` and writes `answer(head)` as the
+/// response (status line and JSON body), closing the connection.
+fn serve_one(mut stream: TcpStream, answer: impl Fn(&str) -> (u16, String)) {
+    use std::io::{Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let (status, body) = answer(&String::from_utf8_lossy(&head));
+    let reason = if status == 200 { "OK" } else { "Unauthorized" };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// The token server's answer to the request `head`: a token for the scopes asked
+/// for when the basic credentials are `expected`, else 401.
+fn token_answer(
+    head: &str,
+    expected: (&str, &str),
+    sign: impl Fn(serde_json::Value) -> String,
+) -> (u16, String) {
+    use base64::Engine as _;
+    let refused = (401, r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.to_owned());
+    let credentials = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, value)| value.trim().strip_prefix("Basic "))
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        })
+        .map(|decoded| String::from_utf8_lossy(&decoded).into_owned());
+    if credentials.as_deref() != Some(&format!("{}:{}", expected.0, expected.1)) {
+        return refused;
+    }
+    let Some(query) = head
+        .lines()
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|target| target.split_once('?'))
+        .map(|(_, query)| query.to_owned())
+    else {
+        return refused;
+    };
+    let access: Vec<serde_json::Value> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "scope")
+        .filter_map(|(_, scope)| {
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(serde_json::json!({
+                "type": kind, "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>()
+            }))
+        })
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = sign(serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": expected.0, "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", access.len()),
+        "access": access
+    }));
+    (
+        200,
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string(),
+    )
+}
+
+/// A compact JWS (ES256) of `claims`, with the signing certificate in `x5c`.
+fn sign_jwt(
+    signer: &ring::signature::EcdsaKeyPair,
+    chain: &str,
+    claims: serde_json::Value,
+) -> String {
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [chain]});
+    let input = format!(
+        "{}.{}",
+        url.encode(header.to_string()),
+        url.encode(claims.to_string())
+    );
+    let signature = signer
+        .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+        .unwrap();
+    format!("{input}.{}", url.encode(signature.as_ref()))
 }
 
 /// Pushes the OCI layout at `layout` (one image) as `reference`; returns the
@@ -151,7 +345,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(work.path());
-    let registry = Registry::start(None);
+    let registry = Registry::start(Auth::None);
     let reference = format!("{}/test/busybox:1.0", registry.address);
     runtime().block_on(async {
         let pushed = push_layout(&layout, &reference, &RegistryAuth::Anonymous).await;
@@ -205,7 +399,7 @@ fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
 fn a_registry_with_authentication_needs_the_right_credentials() {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(work.path());
-    let registry = Registry::start(Some(("cairn", "s3cret")));
+    let registry = Registry::start(Auth::Basic("cairn", "s3cret"));
     let reference = format!("{}/private/busybox:1.0", registry.address);
     runtime().block_on(async {
         let basic = RegistryAuth::Basic("cairn".into(), "s3cret".into());
@@ -235,6 +429,47 @@ fn a_registry_with_authentication_needs_the_right_credentials() {
         assert!(
             !format!("{right:?}").contains("s3cret"),
             "credentials stay out of logs"
+        );
+    });
+}
+
+#[test]
+#[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
+fn a_registry_with_bearer_tokens_needs_the_right_credentials() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(work.path());
+    let tokens = TokenServer::start("cairn", "t0ken-pass");
+    let registry = Registry::start(Auth::Token(&tokens));
+    let reference = format!("{}/private/busybox:2.0", registry.address);
+    runtime().block_on(async {
+        let basic = RegistryAuth::Basic("cairn".into(), "t0ken-pass".into());
+        push_layout(&layout, &reference, &basic).await;
+        let store = ImageStore::open(&work.path().join("store")).unwrap();
+        let puller = Puller::new(std::slice::from_ref(&registry.address));
+        let err = puller
+            .pull(&store, &reference, &Credentials::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PullError::Registry { .. }), "{err}");
+        let wrong = Credentials::Basic {
+            username: "cairn".into(),
+            password: "wrong".into(),
+        };
+        assert!(puller.pull(&store, &reference, &wrong).await.is_err());
+        assert!(
+            store.list().is_empty(),
+            "nothing is recorded from refused pulls"
+        );
+        let before = tokens.issued.load(Ordering::SeqCst);
+        let right = Credentials::Basic {
+            username: "cairn".into(),
+            password: "t0ken-pass".into(),
+        };
+        let image = puller.pull(&store, &reference, &right).await.unwrap();
+        assert_eq!(store.list(), vec![image]);
+        assert!(
+            tokens.issued.load(Ordering::SeqCst) > before,
+            "the pull went through the token server"
         );
     });
 }
@@ -276,7 +511,7 @@ fn a_pod_pulls_its_image_with_its_pull_secret() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let layout = busybox_layout(work.path());
-    let registry = Registry::start(Some(("cairn", "s3cret")));
+    let registry = Registry::start(Auth::Basic("cairn", "s3cret"));
     let reference = format!("{}/private/busybox:1.0", registry.address);
     let cgroup = format!("/cairn-test-pull-{}", std::process::id());
     let _cleanup = Cleanup {

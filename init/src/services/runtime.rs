@@ -265,6 +265,9 @@ impl Service for RuntimeService {
                         warn!(pod = %pod.name, %err, "removing a pod at shutdown failed");
                     }
                 }
+                if let Err(err) = runtime.remove_cgroup_parent() {
+                    warn!(%err, "the pods' parent cgroup stays");
+                }
             }
             info!("container runtime stopped");
             Ok(())
