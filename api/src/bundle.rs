@@ -125,6 +125,7 @@ impl Secrets {
                 certs,
                 pods: Vec::new(),
                 config_maps: Vec::new(),
+                registries: std::collections::BTreeMap::new(),
             },
             cluster: Some(ClusterSpec {
                 name: self.cluster_name.clone(),

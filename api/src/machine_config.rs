@@ -131,6 +131,42 @@ pub struct MachineSpec {
     /// when a config map it mounts changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_maps: Vec<serde_json::Value>,
+    /// Settings per image registry, by `host[:port]` as image references name it:
+    /// plain HTTP, and credentials for pulls that bring none (a pod's
+    /// `imagePullSecrets` come first).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, RegistrySpec>,
+}
+
+/// How the node talks to one image registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Speak plain HTTP to it (no TLS), as an insecure registry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http: bool,
+    /// Credentials for pulls from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryAuthSpec>,
+}
+
+/// Basic credentials for a registry (token registries exchange them for tokens).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryAuthSpec {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryAuthSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuthSpec")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 /// The role a node plays in its cluster.
@@ -459,6 +495,24 @@ impl MachineConfig {
                 problems.append(&mut pod_problems);
             }
         }
+        for (host, registry) in &machine.registries {
+            let path = format!("machine.registries[{host:?}]");
+            let valid = !host.is_empty()
+                && !host.contains("://")
+                && !host.contains('/')
+                && !host.contains(char::is_whitespace);
+            if !valid {
+                problems.push(FieldError::new(
+                    &path,
+                    "is not a registry host (host or host:port, no scheme or path)",
+                ));
+            }
+            if let Some(auth) = &registry.auth
+                && auth.username.is_empty()
+            {
+                problems.push(FieldError::new(format!("{path}.auth.username"), "is empty"));
+            }
+        }
         let mut config_map_names = BTreeSet::new();
         for (i, value) in machine.config_maps.iter().enumerate() {
             let path = format!("machine.configMaps[{i}]");
@@ -750,6 +804,14 @@ impl MachineConfig {
         if let Some(cluster) = &mut copy.cluster {
             cluster.token = REDACTED.to_owned();
         }
+        for auth in copy
+            .machine
+            .registries
+            .values_mut()
+            .filter_map(|r| r.auth.as_mut())
+        {
+            auth.password = REDACTED.to_owned();
+        }
         copy
     }
 }
@@ -806,6 +868,7 @@ pub fn changes(old: &MachineConfig, new: &MachineConfig) -> ConfigChanges {
     note(a.certs != b.certs, "machine.certs", true);
     note(a.pods != b.pods, "machine.pods", true);
     note(a.config_maps != b.config_maps, "machine.configMaps", true);
+    note(a.registries != b.registries, "machine.registries", true);
     note(a.machine_type != b.machine_type, "machine.type", false);
     note(a.install != b.install, "machine.install", false);
     note(
@@ -1229,6 +1292,41 @@ mod tests {
             ]
         );
         assert!(config.static_pods().is_empty());
+    }
+
+    #[test]
+    fn registries_are_checked_change_live_and_hide_passwords() {
+        let config = valid();
+        let yaml = config.to_yaml().unwrap().replace(
+            "machine:\n",
+            "machine:\n  registries:\n    10.5.0.1:5000:\n      http: true\n      auth:\n        username: puller\n        password: s3cret\n",
+        );
+        let with = MachineConfig::from_yaml(&yaml).expect("a config with registries");
+        assert!(with.validate().is_empty(), "{:?}", problems_of(&with));
+        let registry = &with.machine.registries["10.5.0.1:5000"];
+        assert!(registry.http);
+        assert_eq!(registry.auth.as_ref().unwrap().password, "s3cret");
+        assert!(!format!("{with:?}").contains("s3cret"));
+        assert!(!with.redacted().to_yaml().unwrap().contains("s3cret"));
+        assert_eq!(changes(&config, &with).live, ["machine.registries"]);
+        let mut bad = with.clone();
+        bad.machine.registries.insert(
+            "https://example.com".into(),
+            RegistrySpec {
+                http: false,
+                auth: Some(RegistryAuthSpec {
+                    username: String::new(),
+                    password: "x".into(),
+                }),
+            },
+        );
+        assert_eq!(
+            paths_of(&bad),
+            [
+                "machine.registries[\"https://example.com\"]",
+                "machine.registries[\"https://example.com\"].auth.username",
+            ]
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// The CA bundle is missing.
+    #[error("no CA bundle at {} (install ca-certificates)", .0.display())]
+    NoCaBundle(PathBuf),
     /// No installed kernel has both a `vmlinuz` and a module directory.
     #[error("no usable kernel: {0} (install linux-image-amd64)")]
     NoKernel(String),
@@ -138,7 +141,13 @@ pub struct ImageSpec {
     pub kernel_release: Option<String>,
     /// Whether to build the ISO too (needs grub-mkrescue, xorriso).
     pub with_iso: bool,
+    /// The CA certificates (PEM) the node trusts for registry pulls over HTTPS,
+    /// placed where TLS clients look on Debian (`/etc/ssl/certs/ca-certificates.crt`).
+    pub ca_bundle: PathBuf,
 }
+
+/// Where Debian's `ca-certificates` keeps its bundle (the usual [`ImageSpec::ca_bundle`]).
+pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Builds every artefact and writes the manifest.
 pub fn build(spec: &ImageSpec) -> Result<Manifest, ImageError> {
@@ -170,6 +179,12 @@ pub fn build(spec: &ImageSpec) -> Result<Manifest, ImageError> {
     let cairn =
         std::fs::read(&spec.cairn_binary).map_err(io_error("cannot read", &spec.cairn_binary))?;
     archive.file("init", 0o755, cairn);
+    if !spec.ca_bundle.is_file() {
+        return Err(ImageError::NoCaBundle(spec.ca_bundle.clone()));
+    }
+    let ca_bundle =
+        std::fs::read(&spec.ca_bundle).map_err(io_error("cannot read", &spec.ca_bundle))?;
+    archive.file("etc/ssl/certs/ca-certificates.crt", 0o644, ca_bundle);
     module_set.add_to(&mut archive)?;
 
     let initramfs = spec.out_dir.join("initramfs.cpio.zst");

@@ -40,4 +40,5 @@ pub mod shim;
 pub mod spec;
 mod sys;
 pub mod test_images;
+pub mod test_registry;
 pub mod volumes;

@@ -4,6 +4,7 @@
 //! client's), multi-architecture indexes resolved to linux/amd64, and every blob
 //! verified against its digest as it enters the store.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -92,7 +93,18 @@ pub enum PullError {
 
 /// Pulls images into a store.
 pub struct Puller {
-    insecure: Vec<String>,
+    settings: std::sync::RwLock<RegistrySettings>,
+}
+
+/// The node's own registry settings (the machine config's `machine.registries`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Registries (`host:port`) spoken to over plain HTTP, as the kubelet's and
+    /// Docker's insecure-registry lists.
+    pub insecure: Vec<String>,
+    /// Credentials by registry host, for pulls that bring none of their own (a pod's
+    /// `imagePullSecrets` come first).
+    pub credentials: BTreeMap<String, Credentials>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -105,20 +117,44 @@ impl Puller {
     /// A puller speaking HTTPS, except plain HTTP to the `insecure` registries
     /// (`host:port`, as the kubelet's and Docker's insecure-registry lists).
     pub fn new(insecure: &[String]) -> Self {
+        Self::with_settings(RegistrySettings {
+            insecure: insecure.to_vec(),
+            ..RegistrySettings::default()
+        })
+    }
+
+    /// A puller with the node's registry settings.
+    pub fn with_settings(settings: RegistrySettings) -> Self {
         // reqwest's rustls needs a process-wide crypto provider (ring here).
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
-            insecure: insecure.to_vec(),
+            settings: std::sync::RwLock::new(settings),
         }
+    }
+
+    /// Replaces the registry settings; later pulls use the new ones.
+    pub fn configure(&self, settings: RegistrySettings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+    }
+
+    /// The current registry settings.
+    pub fn settings(&self) -> RegistrySettings {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A client for one pull: `oci-client` keeps the first credentials it saw per
     /// registry, so each pull gets its own (a retry with other credentials must count).
-    fn client(&self) -> Result<Client, PullError> {
-        let protocol = if self.insecure.is_empty() {
+    fn client(insecure: &[String]) -> Result<Client, PullError> {
+        let protocol = if insecure.is_empty() {
             ClientProtocol::Https
         } else {
-            ClientProtocol::HttpsExcept(self.insecure.clone())
+            ClientProtocol::HttpsExcept(insecure.to_vec())
         };
         // The HTTP client panics when the system has no CA certificates (an
         // initramfs without a bundle): report that instead of taking the caller down.
@@ -136,7 +172,8 @@ impl Puller {
     }
 
     /// Pulls `reference` into `store` (under its normalised name) and returns the
-    /// image. Blobs already present are not fetched again.
+    /// image; anonymous `credentials` give way to the node's own for that registry.
+    /// Blobs already present are not fetched again.
     pub async fn pull(
         &self,
         store: &ImageStore,
@@ -150,6 +187,12 @@ impl Puller {
                     reference: reference.to_owned(),
                     reason: e.to_string(),
                 })?;
+        let settings = self.settings();
+        let host = name.split('/').next().unwrap_or_default();
+        let credentials = match credentials {
+            Credentials::Anonymous => settings.credentials.get(host).unwrap_or(credentials),
+            given => given,
+        };
         let auth = match credentials {
             Credentials::Anonymous => RegistryAuth::Anonymous,
             Credentials::Basic { username, password } => {
@@ -157,7 +200,7 @@ impl Puller {
             }
             Credentials::Bearer(token) => RegistryAuth::Bearer(token.clone()),
         };
-        let client = self.client()?;
+        let client = Self::client(&settings.insecure)?;
         let registry_err = |source| PullError::Registry {
             reference: name.clone(),
             source,

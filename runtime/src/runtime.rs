@@ -21,6 +21,7 @@ use crate::images::{ImageError, ImageStore};
 use crate::plan::PodIdentity;
 use crate::pod::{self, BackoffPolicy, NodeContext, Pod, PodRecord, PodRuntimeStatus};
 use crate::process::{DirectSpawner, Spawner};
+use crate::pull::RegistrySettings;
 use crate::rootfs::{LayerCache, RootfsError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::shim::ShimError;
@@ -45,8 +46,9 @@ pub struct RuntimeConfig {
     pub backoff: BackoffPolicy,
     /// The node's name (downward API `spec.nodeName`).
     pub node_name: String,
-    /// Registries (`host:port`) spoken to over plain HTTP.
-    pub insecure_registries: Vec<String>,
+    /// Plain-HTTP registries and the node's registry credentials (changeable later
+    /// with [`Runtime::configure_registries`]).
+    pub registries: RegistrySettings,
 }
 
 impl RuntimeConfig {
@@ -62,7 +64,7 @@ impl RuntimeConfig {
             pids_limit: Some(4096),
             backoff: BackoffPolicy::default(),
             node_name: node_name.to_owned(),
-            insecure_registries: Vec::new(),
+            registries: RegistrySettings::default(),
         }
     }
 }
@@ -179,7 +181,7 @@ impl Runtime {
             state_root: root.join("containers"),
             log_root: config.log_root.clone(),
             no_pivot: crate::rootfs::host_root_is_ramfs(),
-            puller: crate::pull::Puller::new(&config.insecure_registries),
+            puller: crate::pull::Puller::with_settings(config.registries.clone()),
         });
         let runtime = Self {
             node,
@@ -489,6 +491,14 @@ impl Runtime {
             pod: uid.to_owned(),
             message: err.to_string(),
         })
+    }
+
+    /// Replaces the registry settings (plain-HTTP registries, the node's registry
+    /// credentials); pulls from now on use them.
+    pub fn configure_registries(&self, settings: RegistrySettings) {
+        if self.node.puller.settings() != settings {
+            self.node.puller.configure(settings);
+        }
     }
 
     /// Removes the node's parent cgroup of pods (`RuntimeConfig::cgroup_parent`) once

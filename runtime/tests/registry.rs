@@ -10,7 +10,6 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,94 +19,27 @@ use cairn_runtime::images::ImageStore;
 use cairn_runtime::layer::{UnpackOptions, unpack};
 use cairn_runtime::pull::{Credentials, PullError, Puller};
 use cairn_runtime::test_images::write_busybox_layout;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use cairn_runtime::test_registry::{self, TestRegistry, TestRegistryAuth};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
-/// A `docker-registry` process on loopback, killed on drop.
-struct Registry {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
+/// Starts a registry with `auth`.
+fn registry(auth: TestRegistryAuth) -> TestRegistry {
+    TestRegistry::start(&auth).expect("docker-registry on loopback")
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A registry with basic authentication for `user`.
+fn basic_registry(username: &str, password: &str) -> TestRegistry {
+    registry(TestRegistryAuth::Htpasswd {
+        username: username.into(),
+        password: password.into(),
+    })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// Pushes `layout` as `reference`; the manifest digest.
+async fn push_layout(layout: &Path, reference: &str, auth: &RegistryAuth) -> String {
+    test_registry::push_layout(layout, reference, auth)
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// How a test registry authenticates clients.
-enum Auth<'a> {
-    /// Not at all.
-    None,
-    /// `htpasswd` with one user and password.
-    Basic(&'a str, &'a str),
-    /// Bearer tokens from `TokenServer`.
-    Token(&'a TokenServer),
-}
-
-impl Registry {
-    fn start(auth: Auth<'_>) -> Self {
-        assert!(
-            Path::new("/usr/bin/docker-registry").exists(),
-            "needs Debian's docker-registry (cargo xtask deps installs it)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
-            dir.path().join("data").display()
-        );
-        if let Auth::Token(server) = &auth {
-            config.push_str(&format!(
-                "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
-                server.address,
-                server.certificate.display()
-            ));
-        }
-        if let Auth::Basic(name, password) = auth {
-            let output = Command::new("htpasswd")
-                .args(["-Bbn", name, password])
-                .output()
-                .expect("htpasswd (apache2-utils)");
-            assert!(output.status.success());
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, output.stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: cairn-test\n    path: {}\n",
-                htpasswd.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            address,
-            _dir: dir,
-        }
-    }
 }
 
 /// The `service` (token audience) of the token-authenticated registry.
@@ -282,50 +214,6 @@ fn sign_jwt(
     format!("{input}.{}", url.encode(signature.as_ref()))
 }
 
-/// Pushes the OCI layout at `layout` (one image) as `reference`; returns the
-/// manifest digest.
-async fn push_layout(layout: &Path, reference: &str, auth: &RegistryAuth) -> String {
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
-    let image: Reference = reference.parse().unwrap();
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
-    let blob = |digest: &str| -> Vec<u8> {
-        let hex = digest.trim_start_matches("sha256:");
-        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
-    };
-    let manifest_bytes = blob(&manifest_digest);
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
-    client
-        .auth(&image, auth, oci_client::RegistryOperation::Push)
-        .await
-        .unwrap();
-    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
-    for layer in manifest["layers"].as_array().unwrap() {
-        digests.push(layer["digest"].as_str().unwrap().to_owned());
-    }
-    for digest in digests {
-        client
-            .push_blob(&image, blob(&digest), &digest)
-            .await
-            .unwrap();
-    }
-    client
-        .push_manifest_raw(
-            &image,
-            manifest_bytes,
-            "application/vnd.oci.image.manifest.v1+json"
-                .parse()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    manifest_digest
-}
-
 fn busybox_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("busybox");
     write_busybox_layout(Path::new("/bin/busybox"), &layout).unwrap();
@@ -345,12 +233,12 @@ fn runtime() -> tokio::runtime::Runtime {
 fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(work.path());
-    let registry = Registry::start(Auth::None);
-    let reference = format!("{}/test/busybox:1.0", registry.address);
+    let registry = registry(TestRegistryAuth::None);
+    let reference = format!("{}/test/busybox:1.0", registry.address());
     runtime().block_on(async {
         let pushed = push_layout(&layout, &reference, &RegistryAuth::Anonymous).await;
         let store = ImageStore::open(&work.path().join("store")).unwrap();
-        let puller = Puller::new(std::slice::from_ref(&registry.address));
+        let puller = Puller::new(&[registry.address().to_owned()]);
         let image = puller
             .pull(&store, &reference, &Credentials::Anonymous)
             .await
@@ -375,7 +263,7 @@ fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
         assert!(rootfs.join("bin/busybox").is_file());
 
         // By digest, into another store.
-        let by_digest = format!("{}/test/busybox@{pushed}", registry.address);
+        let by_digest = format!("{}/test/busybox@{pushed}", registry.address());
         let other = ImageStore::open(&work.path().join("other")).unwrap();
         let image = puller
             .pull(&other, &by_digest, &Credentials::Anonymous)
@@ -384,7 +272,7 @@ fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
         assert_eq!(image.manifest.to_string(), pushed);
 
         // A tag that does not exist is an error naming the reference.
-        let missing = format!("{}/test/busybox:nope", registry.address);
+        let missing = format!("{}/test/busybox:nope", registry.address());
         let err = puller
             .pull(&store, &missing, &Credentials::Anonymous)
             .await
@@ -399,13 +287,13 @@ fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
 fn a_registry_with_authentication_needs_the_right_credentials() {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(work.path());
-    let registry = Registry::start(Auth::Basic("cairn", "s3cret"));
-    let reference = format!("{}/private/busybox:1.0", registry.address);
+    let registry = basic_registry("cairn", "s3cret");
+    let reference = format!("{}/private/busybox:1.0", registry.address());
     runtime().block_on(async {
         let basic = RegistryAuth::Basic("cairn".into(), "s3cret".into());
         push_layout(&layout, &reference, &basic).await;
         let store = ImageStore::open(&work.path().join("store")).unwrap();
-        let puller = Puller::new(std::slice::from_ref(&registry.address));
+        let puller = Puller::new(&[registry.address().to_owned()]);
         let err = puller
             .pull(&store, &reference, &Credentials::Anonymous)
             .await
@@ -439,13 +327,18 @@ fn a_registry_with_bearer_tokens_needs_the_right_credentials() {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(work.path());
     let tokens = TokenServer::start("cairn", "t0ken-pass");
-    let registry = Registry::start(Auth::Token(&tokens));
-    let reference = format!("{}/private/busybox:2.0", registry.address);
+    let registry = registry(TestRegistryAuth::Token {
+        realm: format!("http://{}/token", tokens.address),
+        service: TOKEN_SERVICE.into(),
+        issuer: TOKEN_ISSUER.into(),
+        root_certificates: tokens.certificate.clone(),
+    });
+    let reference = format!("{}/private/busybox:2.0", registry.address());
     runtime().block_on(async {
         let basic = RegistryAuth::Basic("cairn".into(), "t0ken-pass".into());
         push_layout(&layout, &reference, &basic).await;
         let store = ImageStore::open(&work.path().join("store")).unwrap();
-        let puller = Puller::new(std::slice::from_ref(&registry.address));
+        let puller = Puller::new(&[registry.address().to_owned()]);
         let err = puller
             .pull(&store, &reference, &Credentials::Anonymous)
             .await
@@ -511,8 +404,8 @@ fn a_pod_pulls_its_image_with_its_pull_secret() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let layout = busybox_layout(work.path());
-    let registry = Registry::start(Auth::Basic("cairn", "s3cret"));
-    let reference = format!("{}/private/busybox:1.0", registry.address);
+    let registry = basic_registry("cairn", "s3cret");
+    let reference = format!("{}/private/busybox:1.0", registry.address());
     let cgroup = format!("/cairn-test-pull-{}", std::process::id());
     let _cleanup = Cleanup {
         dir: work.path().to_owned(),
@@ -536,7 +429,7 @@ fn a_pod_pulls_its_image_with_its_pull_secret() {
             "test-node",
         );
         config.cgroup_parent = cgroup.clone();
-        config.insecure_registries = vec![registry.address.clone()];
+        config.registries.insecure = vec![registry.address().to_owned()];
         let runtime = Runtime::open(config).unwrap();
         let secret: k8s_openapi::api::core::v1::Secret =
             serde_json::from_value(serde_json::json!({
@@ -544,7 +437,7 @@ fn a_pod_pulls_its_image_with_its_pull_secret() {
                 "type": "kubernetes.io/dockerconfigjson",
                 "stringData": {},
                 "data": {".dockerconfigjson": base64_of(&serde_json::json!({
-                    "auths": {registry.address.clone(): {"username": "cairn", "password": "s3cret"}}
+                    "auths": {registry.address().to_owned(): {"username": "cairn", "password": "s3cret"}}
                 }).to_string())}
             }))
             .unwrap();

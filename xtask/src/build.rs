@@ -103,6 +103,7 @@ pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
         out_dir: image_dir(),
         kernel_release: std::env::var("CAIRN_KERNEL_RELEASE").ok(),
         with_iso,
+        ca_bundle: cairn_image::HOST_CA_BUNDLE.into(),
     };
     let manifest = cairn_image::build(&spec).context("building the image")?;
     eprintln!(

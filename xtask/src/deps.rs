@@ -26,6 +26,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // A real registry for the runtime's pull tests, and htpasswd for its basic auth.
     "docker-registry",
     "apache2-utils",
+    // The CA bundle the image carries for registry pulls over HTTPS.
+    "ca-certificates",
 ];
 
 fn installed(package: &str) -> bool {

@@ -10,9 +10,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use cairn_api::machine_config::RegistrySpec;
 use cairn_runtime::container::ShimProgram;
 use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::process::{Spawned, Spawner};
+use cairn_runtime::pull::{Credentials, RegistrySettings};
 use cairn_runtime::runtime::{PodRequest, Runtime, RuntimeConfig};
 use cairn_runtime::volumes::{self, PodSources};
 use futures::FutureExt;
@@ -133,6 +135,30 @@ pub fn static_uid(pod: &Pod, config_maps: &BTreeMap<String, ConfigMap>) -> Strin
     format!("{STATIC_PREFIX}{hex}")
 }
 
+/// The runtime's registry settings from `machine.registries`.
+fn registry_settings(registries: &BTreeMap<String, RegistrySpec>) -> RegistrySettings {
+    RegistrySettings {
+        insecure: registries
+            .iter()
+            .filter(|(_, r)| r.http)
+            .map(|(host, _)| host.clone())
+            .collect(),
+        credentials: registries
+            .iter()
+            .filter_map(|(host, r)| {
+                let auth = r.auth.as_ref()?;
+                Some((
+                    host.clone(),
+                    Credentials::Basic {
+                        username: auth.username.clone(),
+                        password: auth.password.clone(),
+                    },
+                ))
+            })
+            .collect(),
+    }
+}
+
 /// The runtime request of a static pod, with the config maps of `config_maps` it
 /// mounts (those of its namespace).
 fn request(pod: &Pod, config_maps: &[ConfigMap]) -> Option<PodRequest> {
@@ -243,6 +269,7 @@ impl Service for RuntimeService {
             let mut removing = BTreeMap::new();
             loop {
                 let config = config_manager.current().await;
+                runtime.configure_registries(registry_settings(&config.machine.registries));
                 let (pods, config_maps) = (config.static_pods(), config.static_config_maps());
                 reconcile(&runtime, &pods, &config_maps, &mut removing);
                 tokio::select! {
