@@ -1,7 +1,8 @@
 //! Registry pulls against a real registry: Debian's `docker-registry` (the CNCF
 //! distribution registry) started by the test on loopback, the busybox test image
 //! pushed into it with `oci-client`, then pulled by tag and by digest into a fresh
-//! image store, verified and unpacked; with `htpasswd` authentication, and with
+//! image store, verified and unpacked; a multi-platform index is pulled as its
+//! linux/amd64 image; with `htpasswd` authentication, and with
 //! bearer tokens from a token server the test runs (the registry's `auth.token`,
 //! JWTs signed with a key whose certificate the registry trusts), an anonymous pull
 //! and one with a wrong password are refused and the right credentials succeed.
@@ -497,4 +498,78 @@ fn a_pod_pulls_its_image_with_its_pull_secret() {
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+#[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
+fn a_multi_platform_index_is_pulled_as_its_linux_amd64_image() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(work.path());
+    let registry = registry(TestRegistryAuth::None);
+    let single = format!("{}/multi/busybox:amd64", registry.address());
+    let multi = format!("{}/multi/busybox:1.0", registry.address());
+    runtime().block_on(async {
+        let amd64 = push_layout(&layout, &single, &RegistryAuth::Anonymous).await;
+        // Another platform's manifest: the same blobs, told apart by an annotation.
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let image: oci_client::Reference = multi.parse().unwrap();
+        client
+            .auth(
+                &image,
+                &RegistryAuth::Anonymous,
+                oci_client::RegistryOperation::Push,
+            )
+            .await
+            .unwrap();
+        let hex = amd64.trim_start_matches("sha256:");
+        let mut other: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+                .unwrap();
+        other["annotations"] = serde_json::json!({"cairn.test/platform": "arm64"});
+        let other = serde_json::to_vec(&other).unwrap();
+        let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+        client
+            .push_manifest_raw(&image, other.clone(), manifest_type.parse().unwrap())
+            .await
+            .unwrap();
+        let other_digest = cairn_runtime::digest::Digest::of(&other).to_string();
+        let size = |bytes: usize| bytes as u64;
+        let amd64_size = size(
+            std::fs::read(layout.join("blobs/sha256").join(hex))
+                .unwrap()
+                .len(),
+        );
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": manifest_type, "digest": other_digest,
+                 "size": size(other.len()), "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": manifest_type, "digest": amd64, "size": amd64_size,
+                 "platform": {"os": "linux", "architecture": "amd64"}}
+            ]
+        });
+        client
+            .push_manifest_raw(
+                &image,
+                serde_json::to_vec(&index).unwrap(),
+                "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+        let store = ImageStore::open(&work.path().join("store")).unwrap();
+        let puller = Puller::new(&[registry.address().to_owned()]);
+        let pulled = puller
+            .pull(&store, &multi, &Credentials::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(
+            pulled.manifest.to_string(),
+            amd64,
+            "the linux/amd64 manifest"
+        );
+    });
 }
