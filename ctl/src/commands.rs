@@ -36,12 +36,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             .collect::<Result<Vec<_>, _>>()?;
         return apply(global, &clients, file, mode, *timeout).await;
     }
-    let (_, context) = settings::context(global)?;
-    let targets = settings::targets(global, Some(&context))?;
-    let clients = targets
-        .iter()
-        .map(|t| NodeClient::new(t, &context))
-        .collect::<Result<Vec<_>, _>>()?;
+    let clients = context_clients(global)?;
     match command {
         Command::Version => version(global.output, &clients).await,
         Command::Health => health(global.output, &clients).await,
@@ -132,6 +127,16 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             bail!("not a node command")
         }
     }
+}
+
+/// Clients for the target nodes, with the current context's credentials.
+fn context_clients(global: &Global) -> anyhow::Result<Vec<NodeClient>> {
+    let (_, context) = settings::context(global)?;
+    let targets = settings::targets(global, Some(&context))?;
+    Ok(targets
+        .iter()
+        .map(|t| NodeClient::new(t, &context))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Calls every node at once; prints failures on stderr; returns the successes.
@@ -407,12 +412,7 @@ pub async fn exec(
     container: Option<String>,
     request: &ExecRequest,
 ) -> anyhow::Result<i32> {
-    let (_, context) = settings::context(global)?;
-    let targets = settings::targets(global, Some(&context))?;
-    let clients = targets
-        .iter()
-        .map(|t| NodeClient::new(t, &context))
-        .collect::<Result<Vec<_>, _>>()?;
+    let clients = context_clients(global)?;
     let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
     let (client, container) = locate_pod(&clients, namespace, name, container).await?;
     crate::exec::exec_here(client, namespace, name, &container, request).await

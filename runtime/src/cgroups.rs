@@ -113,33 +113,29 @@ impl CgroupLayout {
     /// Removes `cgroup` and everything below it, deepest first, in every hierarchy;
     /// a cgroup that does not exist is fine. Fails if one still holds processes.
     pub fn remove_tree(self, cgroup: &str) -> io::Result<()> {
-        let roots = match self {
+        for root in self.dirs_of(cgroup)? {
+            remove_dir_tree(&root)?;
+        }
+        Ok(())
+    }
+
+    /// The directories of `cgroup`: one, or one per v1 hierarchy.
+    fn dirs_of(self, cgroup: &str) -> io::Result<Vec<PathBuf>> {
+        Ok(match self {
             CgroupLayout::Unified => vec![self.dir("", cgroup)],
             CgroupLayout::Legacy => std::fs::read_dir(CGROUP_ROOT)?
                 .filter_map(Result::ok)
                 .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|entry| entry.path().join(cgroup.trim_start_matches('/')))
                 .collect(),
-        };
-        for root in roots {
-            remove_dir_tree(&root)?;
-        }
-        Ok(())
+        })
     }
 
     /// Removes `cgroup` (in every hierarchy) if it has no child cgroups and no
     /// processes; an error (`EBUSY`, `ENOTEMPTY`) otherwise, changing nothing. Gone
     /// already is fine.
     pub fn remove_if_empty(self, cgroup: &str) -> io::Result<()> {
-        let dirs = match self {
-            CgroupLayout::Unified => vec![self.dir("", cgroup)],
-            CgroupLayout::Legacy => std::fs::read_dir(CGROUP_ROOT)?
-                .filter_map(Result::ok)
-                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|entry| entry.path().join(cgroup.trim_start_matches('/')))
-                .collect(),
-        };
-        for dir in dirs {
+        for dir in self.dirs_of(cgroup)? {
             match std::fs::remove_dir(&dir) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
                 _ => {}

@@ -283,40 +283,53 @@ fn images_are_pulled_by_tag_and_digest_verified_and_unpackable() {
     });
 }
 
-#[test]
-#[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
-fn a_registry_with_authentication_needs_the_right_credentials() {
+/// Pushes the busybox image to `reference` on `registry` as `user`/`password`, then
+/// checks that an anonymous and a wrong-password pull are refused (nothing recorded)
+/// and that the right credentials pull it — through the token server whose count of
+/// issued tokens is `tokens`, when there is one.
+fn only_the_right_credentials_pull(
+    registry: &TestRegistry,
+    reference: &str,
+    user: &str,
+    password: &str,
+    tokens: Option<&AtomicUsize>,
+) {
     let work = tempfile::tempdir().unwrap();
     let layout = busybox_layout(work.path());
-    let registry = basic_registry("cairn", "s3cret");
-    let reference = format!("{}/private/busybox:1.0", registry.address());
     runtime().block_on(async {
-        let basic = RegistryAuth::Basic("cairn".into(), "s3cret".into());
-        push_layout(&layout, &reference, &basic).await;
+        let basic = RegistryAuth::Basic(user.into(), password.into());
+        push_layout(&layout, reference, &basic).await;
         let store = ImageStore::open(&work.path().join("store")).unwrap();
         let puller = Puller::new(&[registry.address().to_owned()]);
         let err = puller
-            .pull(&store, &reference, &Credentials::Anonymous)
+            .pull(&store, reference, &Credentials::Anonymous)
             .await
             .unwrap_err();
         assert!(matches!(err, PullError::Registry { .. }), "{err}");
         let wrong = Credentials::Basic {
-            username: "cairn".into(),
+            username: user.into(),
             password: "wrong".into(),
         };
-        assert!(puller.pull(&store, &reference, &wrong).await.is_err());
+        assert!(puller.pull(&store, reference, &wrong).await.is_err());
         assert!(
             store.list().is_empty(),
             "nothing is recorded from refused pulls"
         );
         let right = Credentials::Basic {
-            username: "cairn".into(),
-            password: "s3cret".into(),
+            username: user.into(),
+            password: password.into(),
         };
-        let image = puller.pull(&store, &reference, &right).await.unwrap();
+        let before = tokens.map(|t| t.load(Ordering::SeqCst));
+        let image = puller.pull(&store, reference, &right).await.unwrap();
         assert_eq!(store.list(), vec![image]);
+        if let (Some(tokens), Some(before)) = (tokens, before) {
+            assert!(
+                tokens.load(Ordering::SeqCst) > before,
+                "the pull went through the token server"
+            );
+        }
         assert!(
-            !format!("{right:?}").contains("s3cret"),
+            !format!("{right:?}").contains(password),
             "credentials stay out of logs"
         );
     });
@@ -324,9 +337,15 @@ fn a_registry_with_authentication_needs_the_right_credentials() {
 
 #[test]
 #[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
+fn a_registry_with_authentication_needs_the_right_credentials() {
+    let registry = basic_registry("cairn", "s3cret");
+    let reference = format!("{}/private/busybox:1.0", registry.address());
+    only_the_right_credentials_pull(&registry, &reference, "cairn", "s3cret", None);
+}
+
+#[test]
+#[ignore = "starts Debian's docker-registry (installed by cargo xtask deps)"]
 fn a_registry_with_bearer_tokens_needs_the_right_credentials() {
-    let work = tempfile::tempdir().unwrap();
-    let layout = busybox_layout(work.path());
     let tokens = TokenServer::start("cairn", "t0ken-pass");
     let registry = registry(TestRegistryAuth::Token {
         realm: format!("http://{}/token", tokens.address),
@@ -335,37 +354,13 @@ fn a_registry_with_bearer_tokens_needs_the_right_credentials() {
         root_certificates: tokens.certificate.clone(),
     });
     let reference = format!("{}/private/busybox:2.0", registry.address());
-    runtime().block_on(async {
-        let basic = RegistryAuth::Basic("cairn".into(), "t0ken-pass".into());
-        push_layout(&layout, &reference, &basic).await;
-        let store = ImageStore::open(&work.path().join("store")).unwrap();
-        let puller = Puller::new(&[registry.address().to_owned()]);
-        let err = puller
-            .pull(&store, &reference, &Credentials::Anonymous)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, PullError::Registry { .. }), "{err}");
-        let wrong = Credentials::Basic {
-            username: "cairn".into(),
-            password: "wrong".into(),
-        };
-        assert!(puller.pull(&store, &reference, &wrong).await.is_err());
-        assert!(
-            store.list().is_empty(),
-            "nothing is recorded from refused pulls"
-        );
-        let before = tokens.issued.load(Ordering::SeqCst);
-        let right = Credentials::Basic {
-            username: "cairn".into(),
-            password: "t0ken-pass".into(),
-        };
-        let image = puller.pull(&store, &reference, &right).await.unwrap();
-        assert_eq!(store.list(), vec![image]);
-        assert!(
-            tokens.issued.load(Ordering::SeqCst) > before,
-            "the pull went through the token server"
-        );
-    });
+    only_the_right_credentials_pull(
+        &registry,
+        &reference,
+        "cairn",
+        "t0ken-pass",
+        Some(&tokens.issued),
+    );
 }
 
 /// Undoes whatever a runtime test left under `dir` (mounts) and in `cgroup`.
