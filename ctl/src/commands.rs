@@ -366,7 +366,6 @@ async fn pods(format: Output, clients: &[NodeClient]) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-/// The one app container of a pod, for `pod-logs` without `-c`.
 /// The first of `clients` whose node runs pod `namespace/name`, with the container
 /// meant: `container` when given, else the pod's only app container.
 async fn locate_pod<'a>(
@@ -375,9 +374,14 @@ async fn locate_pod<'a>(
     name: &str,
     container: Option<String>,
 ) -> anyhow::Result<(&'a NodeClient, String)> {
+    let mut unreachable = Vec::new();
     for client in clients {
-        let Ok(pods) = client.get::<Vec<PodInfo>>(paths::PODS).await else {
-            continue;
+        let pods = match client.get::<Vec<PodInfo>>(paths::PODS).await {
+            Ok(pods) => pods,
+            Err(err) => {
+                unreachable.push(err.to_string());
+                continue;
+            }
         };
         let Some(pod) = pods
             .iter()
@@ -402,7 +406,13 @@ async fn locate_pod<'a>(
             ),
         };
     }
-    bail!("no pod {namespace}/{name} on the chosen nodes")
+    if unreachable.is_empty() {
+        bail!("no pod {namespace}/{name} on the chosen nodes")
+    }
+    bail!(
+        "no pod {namespace}/{name} on the nodes that answered; not asked: {}",
+        unreachable.join("; ")
+    )
 }
 
 /// `cairnctl exec`: runs the command on the node holding the pod; its exit code.

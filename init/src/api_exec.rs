@@ -17,7 +17,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use cairn_api::remote_command::{self, ExecRequest};
 use cairn_runtime::exec::{ExecOptions, ExecSession, Terminal};
-use cairn_runtime::process::{async_reader, async_writer, terminate};
+use cairn_runtime::process::{async_reader, async_writer, kill, terminate};
+use cairn_runtime::runtime::RuntimeError;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -71,7 +72,15 @@ pub async fn exec(
     };
     let session = match runtime.exec(&pod.uid, &container, &options).await {
         Ok(session) => session,
-        Err(err) => return error_response(StatusCode::BAD_REQUEST, err.to_string(), Vec::new()),
+        Err(err) => {
+            let status = match &err {
+                RuntimeError::NoSuchPod(_) => StatusCode::NOT_FOUND,
+                // No such container, or not running.
+                RuntimeError::Container { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error_response(status, err.to_string(), Vec::new());
+        }
     };
     let pid = session.process.pid;
     let span = info_span!("exec", pod = %format!("{namespace}/{name}"), %container, pid);
@@ -108,11 +117,13 @@ async fn relay(
     let stderr = process
         .stderr
         .take()
-        .and_then(|pipe| async_reader(pipe).ok());
+        .and_then(|pipe| readable(pipe, "stderr"));
     let mut input = Input::None;
+    let mut resizable = None;
     match session.terminal.take() {
         Some(terminal) => {
             let terminal = Arc::new(terminal);
+            resizable = Some(Arc::clone(&terminal));
             let output = Arc::clone(&terminal);
             let sender = frames.clone();
             pumps.spawn(async move { pump(&*output, remote_command::STDOUT, sender).await });
@@ -125,7 +136,7 @@ async fn relay(
             }
         }
         None => {
-            if let Some(stdout) = process.stdout.take().and_then(|p| async_reader(p).ok()) {
+            if let Some(stdout) = process.stdout.take().and_then(|p| readable(p, "stdout")) {
                 let channel = request.stdout.then_some(remote_command::STDOUT);
                 pumps.spawn(pump_or_drain(stdout, channel, frames.clone()));
             }
@@ -136,9 +147,11 @@ async fn relay(
             // Without stdin from the client, the command reads end-of-file at once.
             if let Some(stdin) = process.stdin.take()
                 && request.stdin
-                && let Ok(stdin) = async_writer(stdin)
             {
-                input = Input::Pipe(stdin);
+                match async_writer(stdin) {
+                    Ok(stdin) => input = Input::Pipe(stdin),
+                    Err(err) => warn!(error = %err, "the command's stdin is unusable"),
+                }
             }
         }
     }
@@ -153,14 +166,16 @@ async fn relay(
         }
         let _ = sink.send(Message::Close(None)).await;
     });
+    // Input is written by a task of its own: a command that does not read must not
+    // stop the reader, which notices resizes and a client that leaves.
+    let (input_tx, input_rx) = mpsc::unbounded_channel::<InputEvent>();
+    let input_writer = tokio::spawn(write_input(input, input_rx));
     let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = incoming.next().await {
             match message {
-                // Input that cannot be written is not a reason to end the command:
-                // its input is gone, as at EOF.
-                Message::Binary(data) if !take_input(&data, &mut input, closes_channels).await => {
-                    input = Input::None;
+                Message::Binary(data) => {
+                    take_message(&data, &input_tx, resizable.as_deref(), closes_channels);
                 }
                 Message::Close(_) => break,
                 _ => {}
@@ -173,9 +188,13 @@ async fn relay(
         _ = gone => {
             debug!("the client left; ending the command");
             terminate(process.pid);
-            let _ = tokio::time::timeout(END_GRACE, &mut process.exit).await;
+            if tokio::time::timeout(END_GRACE, &mut process.exit).await.is_err() {
+                warn!("the command did not end after its client left; killing it");
+                kill(process.pid);
+            }
             pumps.abort_all();
             writer.abort();
+            input_writer.abort();
             return;
         }
     };
@@ -201,21 +220,36 @@ async fn relay(
     drop(frames);
     let _ = writer.await;
     reader.abort();
+    input_writer.abort();
 }
 
-/// Handles one client message; false when the command's input can no longer be
-/// written.
-async fn take_input(data: &[u8], input: &mut Input, closes_channels: bool) -> bool {
-    let Some((&channel, payload)) = data.split_first() else {
-        return true;
+/// What the client's messages ask of the command's input.
+enum InputEvent {
+    /// Bytes for its stdin.
+    Data(Bytes),
+    /// End of its stdin.
+    Close,
+}
+
+/// Handles one client message: input for the input writer, a resize for the
+/// terminal, a stdin close (v5).
+fn take_message(
+    data: &Bytes,
+    input: &mpsc::UnboundedSender<InputEvent>,
+    terminal: Option<&Terminal>,
+    closes_channels: bool,
+) {
+    let Some(&channel) = data.first() else {
+        return;
     };
-    match (channel, &mut *input) {
-        (remote_command::STDIN, Input::Pipe(stdin)) => stdin.write_all(payload).await.is_ok(),
-        (remote_command::STDIN, Input::Terminal(terminal)) => {
-            terminal.write_all(payload).await.is_ok()
+    let payload = data.slice(1..);
+    match channel {
+        remote_command::STDIN => {
+            let _ = input.send(InputEvent::Data(payload));
         }
-        (remote_command::RESIZE, Input::Terminal(terminal)) => {
-            match serde_json::from_slice::<remote_command::TerminalSize>(payload) {
+        remote_command::RESIZE => {
+            let Some(terminal) = terminal else { return };
+            match serde_json::from_slice::<remote_command::TerminalSize>(&payload) {
                 Ok(size) => {
                     if let Err(err) = terminal.resize(size.width, size.height) {
                         debug!(error = %err, "resizing the terminal");
@@ -223,17 +257,44 @@ async fn take_input(data: &[u8], input: &mut Input, closes_channels: bool) -> bo
                 }
                 Err(err) => debug!(error = %err, "an unreadable resize message"),
             }
-            true
         }
-        (remote_command::CLOSE, _) if closes_channels => {
-            // Closing stdin: the pipe's end-of-file. A terminal has none; it stays.
-            if payload.first() == Some(&remote_command::STDIN) && matches!(input, Input::Pipe(_)) {
-                *input = Input::None;
-            }
-            true
+        remote_command::CLOSE
+            if closes_channels && payload.first() == Some(&remote_command::STDIN) =>
+        {
+            let _ = input.send(InputEvent::Close);
         }
-        _ => true,
+        _ => {}
     }
+}
+
+/// Writes the client's input into `input` until the client is done. Input that
+/// cannot be written is dropped from then on (the command's input is gone, as at
+/// end-of-file); that is no reason to end the command.
+async fn write_input(mut input: Input, mut events: mpsc::UnboundedReceiver<InputEvent>) {
+    while let Some(event) = events.recv().await {
+        let written = match (event, &mut input) {
+            (InputEvent::Data(data), Input::Pipe(stdin)) => stdin.write_all(&data).await.is_ok(),
+            (InputEvent::Data(data), Input::Terminal(terminal)) => {
+                terminal.write_all(&data).await.is_ok()
+            }
+            // A terminal has no end-of-file; a pipe closes.
+            (InputEvent::Close, Input::Pipe(_)) => false,
+            _ => true,
+        };
+        if !written {
+            input = Input::None;
+        }
+    }
+}
+
+/// A child's pipe as an async reader; `None` (and a warning) when it cannot be one.
+fn readable(
+    pipe: impl Into<std::os::fd::OwnedFd>,
+    name: &str,
+) -> Option<tokio::net::unix::pipe::Receiver> {
+    async_reader(pipe)
+        .inspect_err(|err| warn!(error = %err, "the command's {name} is unusable"))
+        .ok()
 }
 
 /// Sends what `reader` yields on `channel` until it ends or the client is gone.

@@ -1,7 +1,8 @@
 //! The machine API's container calls: the pods on the node with their containers'
 //! states, a container's log (CRI log read back as `kubectl logs` shows it, with
-//! `follow`, `tail`, `previous` and `timestamps`; exec is `api_exec`'s), and images (list, import an OCI
-//! layout or `docker save` archive streamed in the request body, remove).
+//! `follow`, `tail`, `previous` and `timestamps`), and images (list, import an OCI
+//! layout or `docker save` archive streamed in the request body, remove). Exec is
+//! `api_exec`'s.
 
 use std::sync::Arc;
 

@@ -132,7 +132,8 @@ impl CgroupLayout {
     }
 
     /// Removes `cgroup` (in every hierarchy) if it has no child cgroups and no
-    /// processes; an error (`EBUSY`, `ENOTEMPTY`) otherwise, changing nothing. Gone
+    /// processes; an error (`EBUSY`, `ENOTEMPTY`) otherwise (with cgroup v1, the
+    /// hierarchies before the failing one have lost their empty directory). Gone
     /// already is fine.
     pub fn remove_if_empty(self, cgroup: &str) -> io::Result<()> {
         for dir in self.dirs_of(cgroup)? {

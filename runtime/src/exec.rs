@@ -7,12 +7,11 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, Interest, ReadBuf};
@@ -124,28 +123,37 @@ pub async fn start(
     let mut command = shim_command(shim, instance, &options.command, Some(&console.path));
     command.stderr(Stdio::piped());
     let mut process = spawner.spawn(&mut command).map_err(spawn_error)?;
+    // The container sends the terminal before the command runs, so it is in the
+    // socket before the shim can exit: look there first.
     let received = tokio::select! {
+        biased;
         received = tokio::time::timeout(TERMINAL_TIMEOUT, console.receive()) => received,
         ended = &mut process.exit => {
-            let mut message = String::new();
-            if let Some(stderr) = process.stderr.take() {
-                use std::io::Read;
-                let _ = stderr.take(4096).read_to_string(&mut message);
+            // A quick command may have ended already; its terminal is still there.
+            match tokio::time::timeout(Duration::from_millis(200), console.receive()).await {
+                Ok(Ok(master)) => {
+                    let code = ended;
+                    process.exit = Box::pin(async move { code });
+                    Ok(Ok(master))
+                }
+                _ => {
+                    let said = read_some(process.stderr.take()).await;
+                    return Err(ExecError::NoTerminal(match ended {
+                        Ok(code) => format!("`cairn shim exec` exited with {code}: {said}"),
+                        Err(err) => format!("`cairn shim exec` vanished: {err}"),
+                    }));
+                }
             }
-            return Err(ExecError::NoTerminal(match ended {
-                Ok(code) => format!("`cairn shim exec` exited with {code}: {}", message.trim()),
-                Err(err) => format!("`cairn shim exec` vanished: {err}"),
-            }));
         }
     };
     let master = match received {
         Ok(Ok(master)) => master,
         Ok(Err(err)) => {
-            crate::process::kill(process.pid);
+            end(&mut process).await;
             return Err(err);
         }
         Err(_) => {
-            crate::process::kill(process.pid);
+            end(&mut process).await;
             return Err(ExecError::NoTerminal(format!(
                 "nothing arrived on the console socket within {TERMINAL_TIMEOUT:?}"
             )));
@@ -160,6 +168,32 @@ pub async fn start(
             })?,
         ),
     })
+}
+
+/// Ends a `cairn shim exec` that did not deliver: SIGTERM (it kills the command it may
+/// have started in the container), then SIGKILL if it has not ended within a while.
+async fn end(process: &mut Spawned) {
+    crate::process::terminate(process.pid);
+    if tokio::time::timeout(Duration::from_secs(5), &mut process.exit)
+        .await
+        .is_err()
+    {
+        crate::process::kill(process.pid);
+    }
+}
+
+/// The first few KiB a finished process wrote to `pipe`, as text.
+async fn read_some(pipe: Option<std::process::ChildStderr>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut said = Vec::new();
+    if let Some(reader) = pipe.and_then(|p| crate::process::async_reader(p).ok()) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            reader.take(4096).read_to_end(&mut said),
+        )
+        .await;
+    }
+    String::from_utf8_lossy(&said).trim().to_owned()
 }
 
 /// A listening console socket, removed when dropped.
@@ -195,8 +229,9 @@ impl ConsoleSocket {
         };
         let (stream, _) = self.listener.accept().await.map_err(error)?;
         loop {
-            stream.ready(Interest::READABLE).await.map_err(error)?;
-            match sys::receive_fd(stream.as_raw_fd()) {
+            stream.readable().await.map_err(error)?;
+            // Through `try_io`, so that a spurious wake-up clears the readiness.
+            match stream.try_io(Interest::READABLE, || sys::receive_fd(stream.as_raw_fd())) {
                 Ok(Some(fd)) => return Ok(fd),
                 Ok(None) => {
                     return Err(error(io::Error::new(

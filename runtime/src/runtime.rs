@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 use crate::cgroups::CgroupLayout;
 use crate::container::{Instance, ShimProgram};
 use crate::cri_log::{self, LogError, ReadOptions};
-use crate::exec::{self, ExecOptions, ExecSession};
+use crate::exec::{self, ExecError, ExecOptions, ExecSession};
 use crate::images::{ImageError, ImageStore};
 use crate::plan::PodIdentity;
 use crate::pod::{self, BackoffPolicy, NodeContext, Pod, PodRecord, PodRuntimeStatus};
@@ -97,6 +97,15 @@ pub enum RuntimeError {
         pod: String,
         /// What is wrong.
         message: String,
+    },
+    /// A command could not be started in a container.
+    #[error("pod {pod}: {source}")]
+    Exec {
+        /// The pod's uid.
+        pod: String,
+        /// Why.
+        #[source]
+        source: ExecError,
     },
     /// Pods are still on the node.
     #[error("{0} pods are still on the node")]
@@ -487,9 +496,9 @@ impl Runtime {
             &self.root.join("exec"),
         )
         .await
-        .map_err(|err| RuntimeError::Container {
+        .map_err(|source| RuntimeError::Exec {
             pod: uid.to_owned(),
-            message: err.to_string(),
+            source,
         })
     }
 

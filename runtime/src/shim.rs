@@ -668,8 +668,8 @@ fn exec_process_file(
     Ok(file)
 }
 
-/// The `cairn shim` command line: `run <dir>` or `exec <dir> -- <command…>`; returns
-/// the process's exit code.
+/// The `cairn shim` command line: `run <dir>` or `exec [--console-socket <path>] <dir>
+/// -- <command…>`; returns the process's exit code.
 pub fn cli(args: &[String]) -> i32 {
     match args {
         [verb, dir] if verb == "run" => main(Path::new(dir)),

@@ -1,9 +1,10 @@
 //! `runtime`: the node's container runtime (`cairn-runtime`). It opens the runtime's
 //! state (re-attaching to containers whose shims survived a restart of this service),
 //! runs the static pods of `machine.pods` (with the config maps of
-//! `machine.configMaps`) and keeps them in step with the running config, and publishes the runtime for the machine API (pods, logs, images). Shims
-//! are started through the node's reaper, which owns every child's exit status. At
-//! node shutdown the pods are stopped gracefully.
+//! `machine.configMaps`, pulling per `machine.registries`) and keeps them in step
+//! with the running config, and publishes the runtime for the machine API (pods,
+//! logs, exec, images). Shims are started through the node's reaper, which owns
+//! every child's exit status. At node shutdown the pods are stopped gracefully.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
