@@ -8,6 +8,7 @@
 //! - [`netlink`]: the one netlink handle type, with idempotent link/address/route calls.
 //! - [`dhcp`]: a DHCPv4 client that keeps a lease on a link.
 //! - [`interfaces`]: applying a configured interface (wait for it, MTU, up, addresses, routes).
+//! - [`ipam`]: persistent addresses of a node's pod CIDR.
 //! - [`monitor`]: a stream of link changes, for services that react to them.
 //! - [`netns`]: network namespaces held by a file descriptor (tests and, later, pods).
 
@@ -15,6 +16,7 @@
 
 pub mod dhcp;
 pub mod interfaces;
+pub mod ipam;
 pub mod monitor;
 pub mod netlink;
 pub mod netns;
