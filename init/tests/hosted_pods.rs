@@ -22,7 +22,7 @@ use cairn_runtime::cgroups::CgroupLayout;
 use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
 use cairnctl::client::NodeClient;
 use cairnctl::exec::LocalStreams;
-use common::{HostedNode, config_file, secrets_and_config};
+use common::{HostedNode, config_file, pod_named, secrets_and_config, until_pod};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -72,23 +72,11 @@ fn context(secrets: &cairn_api::bundle::Secrets, role: Role) -> Context {
 }
 
 async fn pod(client: &NodeClient) -> Option<PodInfo> {
-    let pods: Vec<PodInfo> = client.get(paths::PODS).await.ok()?;
-    pods.into_iter().find(|p| p.name == "web")
+    pod_named(client, "web").await
 }
 
 async fn until<T>(what: &str, client: &NodeClient, check: impl Fn(&PodInfo) -> Option<T>) -> T {
-    let deadline = Instant::now() + T;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(info) = pod(client).await {
-            if let Some(value) = check(&info) {
-                return value;
-            }
-            last = Some(info);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}; last: {last:#?}");
+    until_pod(client, "web", what, T, check).await
 }
 
 fn container<'a>(pod: &'a PodInfo, name: &str) -> &'a cairn_api::machine_api::ContainerInfo {

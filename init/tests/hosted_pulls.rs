@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client_config::Context;
 use cairn_api::machine_api::{ApplyMode, ApplyRequest, ApplyResponse, PodInfo, paths};
@@ -17,29 +17,13 @@ use cairn_api::pki::Role;
 use cairn_runtime::test_images::write_busybox_layout;
 use cairn_runtime::test_registry::{TestRegistry, TestRegistryAuth, push_layout};
 use cairnctl::client::NodeClient;
-use common::{HostedNode, config_file, secrets_and_config};
+use common::{HostedNode, config_file, secrets_and_config, until_pod};
 use oci_client::secrets::RegistryAuth;
 
 const T: Duration = Duration::from_secs(60);
 
-async fn pod(client: &NodeClient) -> Option<PodInfo> {
-    let pods: Vec<PodInfo> = client.get(paths::PODS).await.ok()?;
-    pods.into_iter().find(|p| p.name == "pulled")
-}
-
 async fn until(what: &str, client: &NodeClient, check: impl Fn(&PodInfo) -> bool) -> PodInfo {
-    let deadline = Instant::now() + T;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some(info) = pod(client).await {
-            if check(&info) {
-                return info;
-            }
-            last = Some(info);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}; last: {last:#?}");
+    until_pod(client, "pulled", what, T, |p| check(p).then(|| p.clone())).await
 }
 
 #[test]

@@ -60,7 +60,6 @@ impl HostedNode {
 
     /// A line matching `pattern` among those already read, else the next one (for
     /// lines of services that start in no fixed order).
-    #[allow(dead_code)]
     pub fn seen_or_wait_for(&mut self, pattern: &str, timeout: Duration) -> String {
         let re = Regex::new(pattern).expect("pattern");
         match self.seen.iter().find(|line| re.is_match(line)) {
@@ -193,4 +192,37 @@ pub fn secrets_and_config(
         })
         .expect("config");
     (secrets, config)
+}
+
+/// The pod `name` as the node's machine API lists it.
+pub async fn pod_named(
+    client: &cairnctl::client::NodeClient,
+    name: &str,
+) -> Option<cairn_api::machine_api::PodInfo> {
+    let pods: Vec<cairn_api::machine_api::PodInfo> =
+        client.get(cairn_api::machine_api::paths::PODS).await.ok()?;
+    pods.into_iter().find(|p| p.name == name)
+}
+
+/// Polls pod `name` until `check` gives a value (within `within`); panics with the
+/// last state seen.
+pub async fn until_pod<T>(
+    client: &cairnctl::client::NodeClient,
+    name: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&cairn_api::machine_api::PodInfo) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(info) = pod_named(client, name).await {
+            if let Some(value) = check(&info) {
+                return value;
+            }
+            last = Some(info);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}; last: {last:#?}");
 }
