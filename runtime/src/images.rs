@@ -330,14 +330,7 @@ impl ImageStore {
             let digest = self.copy_blob(dir, &current, MAX_METADATA)?;
             let bytes = self.blobs.read(&digest, MAX_METADATA)?;
             let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| invalid(&digest, e))?;
-            current = index
-                .manifests()
-                .iter()
-                .find(|m| {
-                    m.platform()
-                        .as_ref()
-                        .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-                })
+            current = linux_amd64(&index)
                 .cloned()
                 .ok_or_else(|| ImageError::NoPlatform(digest.to_string()))?;
         }
@@ -473,6 +466,15 @@ pub fn descriptor(
         .size(size)
         .build()
         .map_err(|e| invalid(digest, e))
+}
+
+/// The linux/amd64 manifest an image index lists, if it lists one.
+pub(crate) fn linux_amd64(index: &ImageIndex) -> Option<&Descriptor> {
+    index.manifests().iter().find(|m| {
+        m.platform()
+            .as_ref()
+            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+    })
 }
 
 #[cfg(test)]

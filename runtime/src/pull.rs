@@ -10,11 +10,11 @@ use std::path::Path;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use oci_spec::image::{Arch, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{ImageIndex, ImageManifest};
 use tokio::io::AsyncWriteExt;
 
 use crate::digest::Digest;
-use crate::images::{ImageError, ImageRecord, ImageStore, normalize_reference};
+use crate::images::{ImageError, ImageRecord, ImageStore, linux_amd64, normalize_reference};
 
 /// The largest manifest or index accepted.
 const MAX_METADATA: u64 = 4 << 20;
@@ -217,15 +217,7 @@ impl Puller {
             if index.manifests().is_empty() {
                 break;
             }
-            let chosen = index
-                .manifests()
-                .iter()
-                .find(|m| {
-                    m.platform()
-                        .as_ref()
-                        .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-                })
-                .ok_or_else(|| ImageError::NoPlatform(name.clone()))?;
+            let chosen = linux_amd64(&index).ok_or_else(|| ImageError::NoPlatform(name.clone()))?;
             let at = image.clone_with_digest(chosen.digest().to_string());
             (bytes, digest) = client
                 .pull_manifest_raw(&at, &auth, MANIFEST_TYPES)

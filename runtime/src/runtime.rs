@@ -505,9 +505,7 @@ impl Runtime {
     /// Replaces the registry settings (plain-HTTP registries, the node's registry
     /// credentials); pulls from now on use them.
     pub fn configure_registries(&self, settings: RegistrySettings) {
-        if self.node.puller.settings() != settings {
-            self.node.puller.configure(settings);
-        }
+        self.node.puller.configure(settings);
     }
 
     /// Removes the node's parent cgroup of pods (`RuntimeConfig::cgroup_parent`) once

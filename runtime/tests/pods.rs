@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cairn_runtime::cgroups::CgroupLayout;
 use cairn_runtime::container::ShimProgram;
 use cairn_runtime::cri_log::ReadOptions;
-use cairn_runtime::exec::ExecOptions;
+use cairn_runtime::exec::{ExecOptions, ExecSession};
 use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::pod::{BackoffPolicy, Phase, PodRuntimeStatus};
 use cairn_runtime::runtime::{PodRequest, Runtime, RuntimeConfig};
@@ -536,24 +536,19 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
     })
     .await;
     assert_eq!(log, "prepared\nhi there\nfull\n");
-    // The config map is read-only inside.
     // The config map is read-only inside; exec reports the command's output and code.
-    let mut exec = node
-        .runtime()
-        .exec(
-            &uid,
-            "app",
-            &ExecOptions {
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "cat /etc/conf/greeting; echo x > /etc/conf/greeting".into(),
-                ],
-                tty: false,
-            },
-        )
-        .await
-        .unwrap();
+    let mut exec = start_exec(
+        &node,
+        &uid,
+        "app",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/conf/greeting; echo x > /etc/conf/greeting",
+        ],
+        false,
+    )
+    .await;
     let mut output = String::new();
     {
         use tokio::io::AsyncReadExt;
@@ -582,22 +577,18 @@ async fn init_containers_sidecars_volumes_and_a_graceful_stop() {
         0
     );
     // With a terminal: sized as asked, input echoed, stdout and stderr on it.
-    let session = node
-        .runtime()
-        .exec(
-            &uid,
-            "app",
-            &ExecOptions {
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "read line; stty size; tty; echo \"got $line\" >&2; exit 3".into(),
-                ],
-                tty: true,
-            },
-        )
-        .await
-        .unwrap();
+    let session = start_exec(
+        &node,
+        &uid,
+        "app",
+        &[
+            "sh",
+            "-c",
+            "read line; stty size; tty; echo \"got $line\" >&2; exit 3",
+        ],
+        true,
+    )
+    .await;
     let terminal = session.terminal.unwrap();
     terminal.resize(100, 30).unwrap();
     terminal.write_all(b"hello\n").await.unwrap();
@@ -694,12 +685,23 @@ async fn a_restarted_runtime_re_attaches_to_running_containers() {
     node.remove_all_and_check().await;
 }
 
-/// Runs `command` in `container` of pod `uid` without a terminal; its exit code.
-async fn exec_code(node: &Node, uid: &str, container: &str, command: &[&str]) -> i32 {
+/// Starts `command` in `container` of pod `uid`, with a terminal when `tty`.
+async fn start_exec(
+    node: &Node,
+    uid: &str,
+    container: &str,
+    command: &[&str],
+    tty: bool,
+) -> ExecSession {
     let options = ExecOptions {
         command: command.iter().map(|s| s.to_string()).collect(),
-        tty: false,
+        tty,
     };
-    let session = node.runtime().exec(uid, container, &options).await.unwrap();
+    node.runtime().exec(uid, container, &options).await.unwrap()
+}
+
+/// Runs `command` in `container` of pod `uid` without a terminal; its exit code.
+async fn exec_code(node: &Node, uid: &str, container: &str, command: &[&str]) -> i32 {
+    let session = start_exec(node, uid, container, command, false).await;
     session.process.exit.await.unwrap()
 }

@@ -520,9 +520,8 @@ fn a_multi_platform_index_is_pulled_as_its_linux_amd64_image() {
             .await
             .unwrap();
         let hex = amd64.trim_start_matches("sha256:");
-        let mut other: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-                .unwrap();
+        let amd64_manifest = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+        let mut other: serde_json::Value = serde_json::from_slice(&amd64_manifest).unwrap();
         other["annotations"] = serde_json::json!({"cairn.test/platform": "arm64"});
         let other = serde_json::to_vec(&other).unwrap();
         let manifest_type = "application/vnd.oci.image.manifest.v1+json";
@@ -531,19 +530,14 @@ fn a_multi_platform_index_is_pulled_as_its_linux_amd64_image() {
             .await
             .unwrap();
         let other_digest = cairn_runtime::digest::Digest::of(&other).to_string();
-        let size = |bytes: usize| bytes as u64;
-        let amd64_size = size(
-            std::fs::read(layout.join("blobs/sha256").join(hex))
-                .unwrap()
-                .len(),
-        );
+
         let index = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
                 {"mediaType": manifest_type, "digest": other_digest,
-                 "size": size(other.len()), "platform": {"os": "linux", "architecture": "arm64"}},
-                {"mediaType": manifest_type, "digest": amd64, "size": amd64_size,
+                 "size": other.len(), "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": manifest_type, "digest": amd64, "size": amd64_manifest.len(),
                  "platform": {"os": "linux", "architecture": "amd64"}}
             ]
         });
