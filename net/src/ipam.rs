@@ -204,7 +204,7 @@ impl Ipam {
 }
 
 /// The first host address of `cidr`.
-fn gateway(cidr: Ipv4Net) -> Ipv4Addr {
+pub(crate) fn gateway(cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(cidr.network()) + 1)
 }
 

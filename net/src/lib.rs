@@ -10,7 +10,9 @@
 //! - [`interfaces`]: applying a configured interface (wait for it, MTU, up, addresses, routes).
 //! - [`ipam`]: persistent addresses of a node's pod CIDR.
 //! - [`monitor`]: a stream of link changes, for services that react to them.
-//! - [`netns`]: network namespaces held by a file descriptor (tests and, later, pods).
+//! - [`netns`]: network namespaces held by a file descriptor (tests and benchmarks).
+//! - [`nftables`]: Cairn's nf_tables table (the pod network's masquerade), over netlink.
+//! - [`pod_network`]: the node's pod bridge, per-pod veth pairs, routes to other nodes.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,8 @@ pub mod ipam;
 pub mod monitor;
 pub mod netlink;
 pub mod netns;
+pub mod nftables;
+pub mod pod_network;
 
 pub use netlink::{Link, Netlink, RouteEntry};
 

@@ -7,7 +7,10 @@ use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::NetError;
 
@@ -60,7 +63,14 @@ pub struct RouteEntry {
     pub via: Option<IpAddr>,
     /// Output link index, if the route has one.
     pub link_index: Option<u32>,
+    /// Who installed it (`RTPROT_*`); Cairn's own routes carry [`CAIRN_ROUTE_PROTOCOL`].
+    pub protocol: u8,
 }
+
+/// The route protocol number marking routes Cairn installs for the pod network, so
+/// they can be told from everybody else's when reconciling (iproute2 names 0–4, 8–16,
+/// 42 and 186–192; this one is free).
+pub const CAIRN_ROUTE_PROTOCOL: u8 = 202;
 
 /// A connection to the kernel's routing netlink (`NETLINK_ROUTE`) in the caller's
 /// network namespace, as it was when [`Netlink::connect`] ran.
@@ -75,6 +85,234 @@ impl Netlink {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
         tokio::spawn(connection);
         Ok(Self { handle })
+    }
+
+    /// Opens a netlink socket inside the network namespace `namespace` (an open
+    /// `nsfs` file) and drives it on the current tokio runtime: the socket keeps
+    /// talking to that namespace whatever thread uses it.
+    pub fn connect_in(namespace: BorrowedFd<'_>) -> Result<Self, NetError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle) = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                        |errno| NetError::Namespace {
+                            what: "setns(CLONE_NEWNET) to open a netlink socket",
+                            source: errno.into(),
+                        },
+                    )?;
+                    let _entered = runtime.enter();
+                    let (connection, handle, _) =
+                        rtnetlink::new_connection().map_err(NetError::Connect)?;
+                    Ok::<_, NetError>((connection, handle))
+                })
+                .join()
+                .map_err(|_| NetError::Namespace {
+                    what: "the thread opening a netlink socket in a namespace panicked",
+                    source: std::io::Error::other("panic"),
+                })?
+        })?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// The link named `name`, if there is one.
+    pub async fn link_named(&self, name: &str) -> Result<Option<Link>, NetError> {
+        let found: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_collect()
+            .await;
+        match found {
+            Ok(messages) => Ok(messages.first().map(Link::from_message)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
+                Ok(None)
+            }
+            Err(source) => Err(request(format!("look up link {name}"), source)),
+        }
+    }
+
+    /// Creates a bridge, administratively up.
+    pub async fn add_bridge(&self, name: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(|source| request(format!("add bridge {name}"), source))
+    }
+
+    /// Creates a veth pair in one request: `host` here, enslaved to the bridge
+    /// `bridge` and up; `peer` directly inside the namespace `namespace`, down.
+    pub async fn add_veth_to_namespace(
+        &self,
+        host: &str,
+        bridge: &Link,
+        peer: &str,
+        namespace: BorrowedFd<'_>,
+        mtu: Option<u32>,
+    ) -> Result<(), NetError> {
+        let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_owned())
+            .setns_by_fd(namespace.as_raw_fd());
+        let mut message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_owned())
+            .controller(bridge.index)
+            .up();
+        if let Some(mtu) = mtu {
+            peer_message = peer_message.mtu(mtu);
+            message = message.mtu(mtu);
+        }
+        let message = message
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message.build())))
+            .build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| {
+                request(
+                    format!(
+                        "add veth {host} (on {}) <-> {peer} (in the pod)",
+                        bridge.name
+                    ),
+                    source,
+                )
+            })
+    }
+
+    /// Renames a link and sets it up (its name can only change while it is down,
+    /// which a fresh veth end is).
+    pub async fn rename_up(&self, link: &Link, name: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .name(name.to_owned())
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| {
+                request(
+                    format!("rename {} to {name} and set it up", link.name),
+                    source,
+                )
+            })
+    }
+
+    /// Deletes a link; deleting one that is already gone is not an error.
+    pub async fn delete_link(&self, link: &Link) -> Result<(), NetError> {
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => Ok(()),
+            Err(source) => Err(request(format!("delete link {}", link.name), source)),
+        }
+    }
+
+    /// Takes a link out of service without waiting for the kernel to free it: sets it
+    /// down, then renames it to `new_name` and puts it in the link group `group`, for a
+    /// later [`Netlink::delete_group`] that frees many links for the price of one.
+    pub async fn retire_link(
+        &self,
+        link: &Link,
+        new_name: &str,
+        group: u32,
+    ) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).down().build())
+            .execute()
+            .await
+            .map_err(|source| request(format!("set {} down", link.name), source))?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .name(new_name.to_owned())
+                    .link_group(group)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| {
+                request(
+                    format!("rename {} to {new_name} in link group {group}", link.name),
+                    source,
+                )
+            })
+    }
+
+    /// Deletes every link of the link group `group` in one request (the kernel waits
+    /// for one RCU grace period for all of them, where deleting them one by one waits
+    /// once each). An empty group is not an error.
+    pub async fn delete_group(&self, group: u32) -> Result<(), NetError> {
+        let mut delete = self.handle.link().del(0);
+        delete
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::Group(group));
+        match delete.execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(e.raw_code().abs(), libc::ENODEV | libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(request(
+                format!("delete the links of group {group}"),
+                source,
+            )),
+        }
+    }
+
+    /// Installs (or replaces) a route to `to` through the gateway `via`, marked with
+    /// [`CAIRN_ROUTE_PROTOCOL`]; the kernel picks the link that reaches `via`.
+    pub async fn replace_gateway_route(&self, to: IpNet, via: IpAddr) -> Result<(), NetError> {
+        let invalid = |reason: String| NetError::InvalidRoute {
+            to: to.to_string(),
+            reason,
+        };
+        let message = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(to.addr(), to.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
+            .gateway(via)
+            .map_err(|e| invalid(e.to_string()))?
+            .protocol(RouteProtocol::Other(CAIRN_ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| request(format!("add route {to} via {via}"), source))
+    }
+
+    /// Removes a route Cairn installed with [`Netlink::replace_gateway_route`]; one
+    /// that is already gone is not an error.
+    pub async fn del_gateway_route(&self, to: IpNet, via: IpAddr) -> Result<(), NetError> {
+        let invalid = |reason: String| NetError::InvalidRoute {
+            to: to.to_string(),
+            reason,
+        };
+        let message = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(to.addr(), to.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
+            .gateway(via)
+            .map_err(|e| invalid(e.to_string()))?
+            .protocol(RouteProtocol::Other(CAIRN_ROUTE_PROTOCOL))
+            .build();
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
+            Err(source) => Err(request(format!("remove route {to} via {via}"), source)),
+        }
     }
 
     /// Every link in the namespace.
@@ -263,7 +501,6 @@ impl Netlink {
         link: &Link,
         namespace: std::os::fd::BorrowedFd<'_>,
     ) -> Result<(), NetError> {
-        use std::os::fd::AsRawFd;
         self.handle
             .link()
             .set(
@@ -316,6 +553,7 @@ impl Netlink {
                         to,
                         via,
                         link_index,
+                        protocol: u8::from(message.header.protocol),
                     });
                 }
             }

@@ -52,6 +52,17 @@ impl NetNamespace {
         self.handle.as_fd()
     }
 
+    /// A path that opens this namespace from any thread of this process while the
+    /// value lives (`/proc/<pid>/fd/<fd>`), for APIs that take a namespace file.
+    pub fn path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.handle.as_raw_fd()
+        ))
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets opened and
     /// processes spawned by `f` belong to the namespace.
     pub fn run<F, R>(&self, f: F) -> Result<R, NetError>

@@ -30,6 +30,12 @@ pub enum Which {
         #[arg(long, default_value_t = 30)]
         runs: usize,
     },
+    /// Pod network attach + detach against the CNI bridge + host-local plugins.
+    Net {
+        /// Attach + detach cycles per side.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
     /// The replicated store against etcd 3.4 under the same load.
     Store {
         /// Seconds per phase.
@@ -44,6 +50,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Boot { runs } => boot(runs),
         Which::Store { seconds } => crate::bench_store::run(seconds),
         Which::Runtime { runs } => crate::bench_runtime::run(runs),
+        Which::Net { runs } => crate::bench_net::run(runs),
     }
 }
 

@@ -3,11 +3,13 @@
 //! - `image`: build the static `cairn` and the boot artefacts;
 //! - `demo`: build the image and boot a local cluster under QEMU (the main job);
 //! - `test`: install what is missing, then fmt, clippy and every test tier;
-//! - `bench boot|store`: boot timings, and the store against etcd, with same-run anchors;
+//! - `bench boot|store|runtime|net`: boot timings, the store against etcd, the runtime
+//!   against runc, the pod network against CNI, each with same-run anchors;
 //! - `store-faults`: the store's fault test with a longer schedule;
 //! - `test-images`: OCI test images built without a network (busybox).
 
 mod bench;
+mod bench_net;
 mod bench_runtime;
 mod bench_store;
 mod build;
