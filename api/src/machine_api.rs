@@ -349,6 +349,9 @@ pub struct PodInfo {
     pub uid: String,
     /// `Pending`, `Running`, `Succeeded` or `Failed`.
     pub phase: String,
+    /// Its address on the pod network, once it has one.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
     /// What is wrong, if something is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

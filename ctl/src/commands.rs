@@ -324,6 +324,7 @@ fn pod_table(results: &[(&str, Vec<PodInfo>)]) -> String {
         "NAMESPACE",
         "POD",
         "PHASE",
+        "IP",
         "CONTAINER",
         "STATE",
         "READY",
@@ -345,6 +346,7 @@ fn pod_table(results: &[(&str, Vec<PodInfo>)]) -> String {
                     pod.namespace.clone(),
                     pod.name.clone(),
                     pod.phase.clone(),
+                    pod.pod_ip.clone().unwrap_or_else(|| "-".into()),
                     if container.init {
                         format!("{} (init)", container.name)
                     } else {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use cairn_api::bundle::{NodeSpec, Secrets};
 use cairn_api::client_config::Context;
-use cairn_api::machine_api::{Health, PORT, paths};
+use cairn_api::machine_api::{Ack, Health, PORT, paths};
 use cairn_api::machine_config::{InterfaceConfig, MachineType};
 use cairn_api::pki::{Ca, Role};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -288,6 +288,7 @@ fn boot_nodes(
     settings::save(&path, &file)?;
 
     wait_healthy(&record, &context, Duration::from_secs(options.wait), dir)?;
+    bootstrap(&record, &context, Duration::from_secs(options.wait))?;
     println!(
         "cluster {:?} is up: {} node(s); context {:?} written to {}",
         options.name,
@@ -452,6 +453,33 @@ fn wait_healthy(
             }
         });
         futures::future::try_join_all(waits).await.map(drop)
+    })
+}
+
+/// Bootstraps the cluster store on the first control plane (as `cairnctl bootstrap`
+/// would), so the others join it and the pod network can start.
+fn bootstrap(record: &ClusterRecord, context: &Context, timeout: Duration) -> anyhow::Result<()> {
+    let Some(first) = record.nodes.iter().find(|n| n.role == "controlplane") else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = NodeClient::new(&format!("127.0.0.1:{}", first.api_port), context)?;
+    let deadline = Instant::now() + timeout;
+    runtime.block_on(async {
+        loop {
+            match client
+                .post::<_, Ack>(paths::STORE_BOOTSTRAP, &serde_json::json!({}))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(err) if Instant::now() >= deadline => {
+                    bail!("bootstrapping the store on {} failed: {err}", first.name)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
     })
 }
 

@@ -32,6 +32,9 @@ pub const NODE_MODULES: &[&str] = &[
     "br_netfilter",
     "overlay",
     "nf_tables",
+    // The pod network's masquerade (nf_nat and conntrack come along).
+    "nft_chain_nat",
+    "nft_masq",
     // The state partition on the install disk.
     "ext4",
     // The ACPI power button and the event interface PID 1 reads it through.

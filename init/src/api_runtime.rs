@@ -105,6 +105,7 @@ async fn pods(State(ctx): State<Arc<NodeContext>>) -> Response {
                 name: identity.name,
                 uid: identity.uid,
                 phase: status.phase.as_str().to_owned(),
+                pod_ip: status.pod_ip,
                 message: status.message,
                 containers,
             })

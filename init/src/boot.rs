@@ -43,6 +43,7 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
+use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
 use crate::services::store::{StoreService, StoreSettings};
 use crate::services::{self, UnknownTestService};
@@ -698,16 +699,37 @@ async fn start_services(
                 .map(|h| h.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "node".into());
+    let control_plane =
+        settled.config.machine.machine_type == cairn_api::machine_config::MachineType::Controlplane;
+    // The pod network needs the cluster store to claim a CIDR, which control planes
+    // run; a hosted node keeps its bridge out of the host's namespace by having none.
+    let pod_network = match (
+        &ctx.host,
+        control_plane,
+        pod_net_settings(&settled.config, &node_name, &state_dir),
+    ) {
+        (Host::Pid1 { .. }, true, Some(settings)) => {
+            let slot = cairn_net::pod_network::PodNetworkSlot::default();
+            ctx.supervisor.start(Arc::new(PodNetService::new(
+                settings,
+                ctx.store.clone(),
+                slot.clone(),
+            )))?;
+            Some(slot)
+        }
+        _ => None,
+    };
     ctx.supervisor.start(Arc::new(RuntimeService::new(
         RuntimeSettings {
             root: state_dir.join("runtime"),
             node_name,
             ephemeral: settled.state_dir.is_none(),
+            pod_network,
         },
         config_manager,
         ctx.runtime.clone(),
     )))?;
-    if settled.config.machine.machine_type == cairn_api::machine_config::MachineType::Controlplane {
+    if control_plane {
         let names = live::node_names(&settled.config, &ctx.host).await;
         let settings = StoreSettings::from_config(
             &settled.config,
@@ -731,6 +753,41 @@ async fn start_services(
         ctx.supervisor.start(service)?;
     }
     Ok(())
+}
+
+/// The pod network settings of a node with `config`: its address is the first static
+/// IPv4 address that is a control plane's (else the first static IPv4 address); none
+/// without a cluster section or such an address.
+fn pod_net_settings(
+    config: &cairn_api::MachineConfig,
+    node_name: &str,
+    state_dir: &std::path::Path,
+) -> Option<PodNetSettings> {
+    let cluster = config.cluster.as_ref()?;
+    let cluster_cidr: ipnet::Ipv4Net = cluster
+        .pod_subnet
+        .as_deref()
+        .unwrap_or(cairn_api::machine_config::DEFAULT_POD_SUBNET)
+        .parse()
+        .ok()?;
+    let own: Vec<std::net::IpAddr> = config
+        .interfaces()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|i| i.addresses.iter().map(|a| a.addr()))
+        .filter(std::net::IpAddr::is_ipv4)
+        .collect();
+    let address = own
+        .iter()
+        .find(|a| cluster.control_planes.contains(&a.to_string()))
+        .or(own.first())
+        .copied()?;
+    Some(PodNetSettings {
+        node_name: node_name.to_owned(),
+        address,
+        cluster_cidr,
+        state_dir: state_dir.join("podnet"),
+    })
 }
 
 /// `dhcp`: keeps the leases of the `dhcp: true` links.

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -195,6 +195,76 @@ impl std::fmt::Debug for PodNetwork {
     }
 }
 
+/// Where a node's pod network is published once it runs, for those who attach pods
+/// (the runtime) — empty until then. Clones share the slot.
+#[derive(Clone, Default)]
+pub struct PodNetworkSlot {
+    network: Arc<std::sync::RwLock<Option<Arc<PodNetwork>>>>,
+}
+
+impl std::fmt::Debug for PodNetworkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodNetworkSlot")
+            .field("ready", &self.get().is_some())
+            .finish()
+    }
+}
+
+impl PodNetworkSlot {
+    /// A slot holding `network` already.
+    pub fn ready(network: Arc<PodNetwork>) -> Self {
+        let slot = Self::default();
+        slot.set(Some(network));
+        slot
+    }
+
+    /// The pod network, if it runs.
+    pub fn get(&self) -> Option<Arc<PodNetwork>> {
+        self.network
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes (or withdraws, with `None`) the pod network.
+    pub fn set(&self, network: Option<Arc<PodNetwork>>) {
+        *self
+            .network
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = network;
+    }
+}
+
+/// Runs `f` in the network namespace `namespace` (on a thread that enters it), or
+/// right here when `None`.
+fn in_namespace<R: Send>(
+    namespace: Option<BorrowedFd<'_>>,
+    f: impl FnOnce() -> Result<R, PodNetworkError> + Send,
+) -> Result<R, PodNetworkError> {
+    let Some(namespace) = namespace else {
+        return f();
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |errno| NetError::Namespace {
+                        what: "setns(CLONE_NEWNET) for the pod network",
+                        source: errno.into(),
+                    },
+                )?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(PodNetworkError::Net(NetError::Namespace {
+                    what: "the pod network's thread in its namespace panicked",
+                    source: std::io::Error::other("panic"),
+                }))
+            })
+    })
+}
+
 /// The host end of the veth pair of `owner`: stable across restarts (FNV-1a of the
 /// owner key) and within the kernel's 15 characters.
 pub fn host_link_name(owner: &str) -> String {
@@ -212,6 +282,16 @@ impl PodNetwork {
     /// allocations kept in `config.ipam_state`. Idempotent: starting again over a
     /// running pod network keeps its pods' links and addresses.
     pub async fn start(config: PodNetworkConfig) -> Result<Self, PodNetworkError> {
+        Self::start_in(config, None).await
+    }
+
+    /// Like [`PodNetwork::start`], with the node's side in the network namespace
+    /// `namespace` (an open `nsfs` file) when given: a hosted node, or a test, keeps
+    /// its bridge out of the host's own namespace.
+    pub async fn start_in(
+        config: PodNetworkConfig,
+        namespace: Option<BorrowedFd<'_>>,
+    ) -> Result<Self, PodNetworkError> {
         let pod_cidr = config.pod_cidr.trunc();
         let cluster_cidr = config.cluster_cidr.trunc();
         if !cluster_cidr.contains(&pod_cidr) {
@@ -221,12 +301,22 @@ impl PodNetwork {
             });
         }
         let ipam = Ipam::open(&config.ipam_state, pod_cidr)?;
-        const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
-        std::fs::write(FORWARDING, "1\n").map_err(|source| PodNetworkError::Sysctl {
-            path: FORWARDING,
-            source,
+        in_namespace(namespace, || {
+            const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+            std::fs::write(FORWARDING, "1\n").map_err(|source| PodNetworkError::Sysctl {
+                path: FORWARDING,
+                source,
+            })?;
+            nftables::apply_masquerade(Masquerade {
+                pod_cidr,
+                cluster_cidr,
+            })?;
+            Ok(())
         })?;
-        let netlink = Netlink::connect()?;
+        let netlink = match namespace {
+            Some(namespace) => Netlink::connect_in(namespace)?,
+            None => Netlink::connect()?,
+        };
         let bridge = match netlink.link_named(&config.bridge).await? {
             Some(link) => link,
             None => {
@@ -251,10 +341,6 @@ impl PodNetwork {
         netlink.set_up(&bridge).await?;
         // Pairs retired before a restart.
         netlink.delete_group(RETIRED_GROUP).await?;
-        nftables::apply_masquerade(Masquerade {
-            pod_cidr,
-            cluster_cidr,
-        })?;
         info!(bridge = %bridge.name, %pod_cidr, %cluster_cidr, "pod network ready");
         let retired = Arc::new(Retired::default());
         let reaper = tokio::spawn(reap(netlink.clone(), Arc::clone(&retired)));

@@ -10,16 +10,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use cairn_api::machine_api::{ImageInfo, PodInfo, paths};
+use cairn_api::machine_api::{Ack, ImageInfo, PodInfo, paths};
 use cairn_api::pki::Role;
-use cairn_api::remote_command::ExecRequest;
-use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
+use cairn_runtime::test_images::BUSYBOX_IMAGE;
 use cairnctl::client::NodeClient;
-use cairnctl::exec::LocalStreams;
 use qemu_tests::{Cluster, VmSpec, configs, eventually};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -75,35 +73,7 @@ fn config_maps() -> Vec<serde_json::Value> {
 /// Runs `command` in web's main container as `cairnctl exec` does; exit code and
 /// output.
 async fn exec(client: &NodeClient, command: &[&str], tty: bool) -> (i32, String) {
-    let request = ExecRequest {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        stdin: false,
-        stdout: true,
-        stderr: false,
-        tty,
-    };
-    let output = Arc::new(Mutex::new(Vec::new()));
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let streams = LocalStreams {
-        stdin: Box::new(std::io::empty()),
-        stdout: Box::new(Sink(Arc::clone(&output))),
-        stderr: Box::new(std::io::sink()),
-        terminal_size: false,
-    };
-    let code = cairnctl::exec::exec(client, "default", "web", "main", &request, streams)
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
-    (code, text)
+    common::exec_capture(client, "web", command, tty).await
 }
 
 fn find<'a>(pods: &'a [PodInfo], name: &str) -> Option<&'a PodInfo> {
@@ -127,16 +97,18 @@ fn pods_run_with_limits_probes_and_logs_inside_a_vm() {
     vm.wait_for_each(&[r" ready elapsed_ms=", r"container runtime ready"], BOOT)
         .expect("ready, with the runtime service");
     let address = vm.api_address().to_owned();
-    let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("busybox");
-    write_busybox_layout(Path::new("/bin/busybox"), &layout).unwrap();
-    let mut archive = tar::Builder::new(Vec::new());
-    archive.append_dir_all(".", &layout).unwrap();
-    let archive = archive.into_inner().unwrap();
+    let archive = common::busybox_archive();
     cluster
         .in_namespace_async(|| async {
             let client =
                 NodeClient::new(&address, &configs::client(&secrets, Role::Operator)).unwrap();
+            let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
+            // Pods wait for the pod network, which waits for the cluster store.
+            let empty = serde_json::json!({});
+            let _: Ack = eventually("the store bootstrapped", BOOT, || {
+                admin.post(paths::STORE_BOOTSTRAP, &empty)
+            })
+            .await;
             // Without the image (and no registry to pull it from) the pods wait and
             // say why.
             eventually("the static pods to fail their pulls", BOOT, || async {
@@ -175,6 +147,11 @@ fn pods_run_with_limits_probes_and_logs_inside_a_vm() {
             .await;
             let web = find(&pods, "web").unwrap();
             assert_eq!(web.phase, "Running");
+            let ip = web.pod_ip.as_deref().unwrap_or_default();
+            assert!(
+                ip.starts_with("10.244."),
+                "web's pod IP {ip:?} is from the pod network"
+            );
             let hog = find(&pods, "hog").unwrap();
             assert_eq!(hog.phase, "Failed");
             assert_eq!(hog.containers[0].reason.as_deref(), Some("OOMKilled"));
@@ -194,7 +171,6 @@ fn pods_run_with_limits_probes_and_logs_inside_a_vm() {
                 .await
                 .unwrap();
             assert_eq!(previous, "first run\n");
-            let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
             assert_eq!(
                 exec(
                     &admin,

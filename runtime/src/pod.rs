@@ -31,6 +31,7 @@ use crate::sandbox::Sandbox;
 use crate::shim::{ShimConfig, ShimStatus};
 use crate::spec::{BindMount, SharedNamespaces};
 use crate::volumes::{self, PodSources, PreparedVolume};
+use cairn_net::pod_network::PodNetworkSlot;
 
 /// How long a failing container waits before its next start: doubling from
 /// `initial` to `max`, back to `initial` after running `reset_after` without failing.
@@ -93,6 +94,9 @@ pub struct NodeContext {
     pub no_pivot: bool,
     /// Pulls images from registries.
     pub puller: Puller,
+    /// Where the node's pod network appears, which gives pods (not `hostNetwork`
+    /// ones) an interface and an address; `None`: pods have loopback only.
+    pub pod_network: Option<PodNetworkSlot>,
 }
 
 /// A pod as the runtime keeps it on disk (`pod.json`): no secrets.
@@ -152,6 +156,8 @@ pub struct PodRuntimeStatus {
     pub containers_ready: bool,
     /// The pod is stopping or stopped.
     pub stopping: bool,
+    /// Its address on the pod network (`status.podIP`), once it has one.
+    pub pod_ip: Option<String>,
 }
 
 /// One Kubernetes container of the pod, across its instances.
@@ -167,6 +173,7 @@ struct Tracked {
 struct State {
     phase: Phase,
     message: Option<String>,
+    pod_ip: Option<String>,
     initialized: bool,
     containers: BTreeMap<String, Tracked>,
 }
@@ -280,6 +287,7 @@ impl Pod {
             record,
             dir,
             state: Mutex::new(State {
+                pod_ip: None,
                 phase: Phase::Pending,
                 message: None,
                 initialized: false,
@@ -362,6 +370,7 @@ impl Pod {
             container_statuses: apps,
             initialized: state.initialized,
             stopping: self.stopping(),
+            pod_ip: state.pod_ip.clone(),
         }
     }
 
@@ -461,6 +470,8 @@ fn hostname(record: &PodRecord) -> String {
 /// Everything a container start needs that is the same for all of a pod's containers.
 struct PodSetup {
     namespaces: SharedNamespaces,
+    /// The pod's address, or empty without a pod network.
+    pod_ip: String,
     hostname: String,
     volumes: BTreeMap<String, PreparedVolume>,
     /// Registry credentials from the pod's `imagePullSecrets`, by registry host.
@@ -554,7 +565,7 @@ pub async fn run(node: Arc<NodeContext>, pod: Arc<Pod>, sources: Option<PodSourc
 /// Sets the pod up, retrying while it cannot be (a missing config map, say) until
 /// stopped.
 async fn setup(
-    node: &NodeContext,
+    node: &Arc<NodeContext>,
     pod: &Arc<Pod>,
     sources: Option<PodSources>,
 ) -> Result<PodSetup, String> {
@@ -563,13 +574,11 @@ async fn setup(
         let attempt = {
             let pod = Arc::clone(pod);
             let sources = sources.clone();
-            let node_name = node.node_name.clone();
-            let pids_limit = node.pids_limit;
-            tokio::task::spawn_blocking(move || {
-                setup_once(&pod, sources.as_ref(), &node_name, pids_limit)
-            })
-            .await
-            .map_err(|err| format!("pod setup task: {err}"))?
+            let node = Arc::clone(node);
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || setup_once(&pod, sources.as_ref(), &node, &runtime))
+                .await
+                .map_err(|err| format!("pod setup task: {err}"))?
         };
         match attempt {
             Ok(setup) => return Ok(setup),
@@ -587,19 +596,44 @@ async fn setup(
     }
 }
 
+/// An error with its sources, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn setup_once(
     pod: &Pod,
     sources: Option<&PodSources>,
-    node_name: &str,
-    pids_limit: Option<i64>,
+    node: &NodeContext,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<PodSetup, String> {
     let record = &pod.record;
     let hostname = hostname(record);
     let sandbox = Sandbox::at(&pod.dir.join("ns"));
     let mut namespaces = sandbox.create(&hostname).map_err(|e| e.to_string())?;
+    let mut pod_ip = String::new();
     if record.spec.host_network == Some(true) {
         namespaces.net = None;
         namespaces.uts = None;
+    } else if let (Some(slot), Some(netns)) = (&node.pod_network, &namespaces.net) {
+        let network = slot.get().ok_or_else(|| {
+            "network is not ready: the node's pod network has not started yet (a control \
+             plane needs the cluster store, see `cairnctl bootstrap`)"
+                .to_owned()
+        })?;
+        // Attaching again (after a restart of the runtime) keeps the address.
+        let interface = runtime
+            .block_on(network.attach(&record.identity.uid, netns))
+            .map_err(|e| format!("attaching the pod to the pod network: {}", error_chain(&e)))?;
+        pod_ip = interface.address.addr().to_string();
+        pod.lock().pod_ip = Some(pod_ip.clone());
     }
     if record.spec.host_ipc == Some(true) {
         namespaces.ipc = None;
@@ -611,12 +645,12 @@ fn setup_once(
         spec: &record.spec,
         labels: &record.labels,
         annotations: &record.annotations,
-        node_name,
-        pod_ip: "",
+        node_name: &node.node_name,
+        pod_ip: &pod_ip,
         host_ip: "",
         namespaces: &namespaces,
         hostname: &hostname,
-        pids_limit,
+        pids_limit: node.pids_limit,
     };
     let volume_root = pod.dir.join("volumes");
     let volumes = match sources {
@@ -628,6 +662,7 @@ fn setup_once(
     .map_err(|e| e.to_string())?;
     Ok(PodSetup {
         namespaces,
+        pod_ip,
         hostname,
         volumes,
         pull_credentials: pull_credentials(&record.spec, sources),
@@ -1187,7 +1222,7 @@ fn prepare_instance(
         labels: &record.labels,
         annotations: &record.annotations,
         node_name: &node.node_name,
-        pod_ip: "",
+        pod_ip: &setup.pod_ip,
         host_ip: "",
         namespaces: &setup.namespaces,
         hostname: &setup.hostname,

@@ -49,6 +49,10 @@ pub struct RuntimeConfig {
     /// Plain-HTTP registries and the node's registry credentials (changeable later
     /// with [`Runtime::configure_registries`]).
     pub registries: RegistrySettings,
+    /// Where the node's pod network appears. `None`: the node has none, and pods get
+    /// loopback only. An empty slot: it is not ready yet, and pods (but `hostNetwork`
+    /// ones) wait for it, as the kubelet's do while the network is not ready.
+    pub pod_network: Option<cairn_net::pod_network::PodNetworkSlot>,
 }
 
 impl RuntimeConfig {
@@ -65,6 +69,7 @@ impl RuntimeConfig {
             backoff: BackoffPolicy::default(),
             node_name: node_name.to_owned(),
             registries: RegistrySettings::default(),
+            pod_network: None,
         }
     }
 }
@@ -81,6 +86,15 @@ pub enum RuntimeError {
     /// A pod's namespaces could not be removed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The pod network could not take a pod off.
+    #[error("pod {pod}: detaching it from the pod network")]
+    Network {
+        /// The pod's uid.
+        pod: String,
+        /// Why.
+        #[source]
+        source: Box<cairn_net::pod_network::PodNetworkError>,
+    },
     /// A state file could not be used.
     #[error(transparent)]
     State(#[from] ShimError),
@@ -191,6 +205,7 @@ impl Runtime {
             log_root: config.log_root.clone(),
             no_pivot: crate::rootfs::host_root_is_ramfs(),
             puller: crate::pull::Puller::with_settings(config.registries.clone()),
+            pod_network: config.pod_network.clone(),
         });
         let runtime = Self {
             node,
@@ -372,6 +387,15 @@ impl Runtime {
                         })?;
                 }
             }
+        }
+        if let Some(network) = self.node.pod_network.as_ref().and_then(|slot| slot.get()) {
+            network
+                .detach(uid)
+                .await
+                .map_err(|source| RuntimeError::Network {
+                    pod: uid.to_owned(),
+                    source: Box::new(source),
+                })?;
         }
         // Unmounting and deleting (volumes may be large) is blocking work.
         let cgroup = format!("{}/pod{uid}", self.node.cgroup_parent.trim_end_matches('/'));

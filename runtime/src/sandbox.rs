@@ -1,7 +1,7 @@
 //! Pod sandboxes: the network, IPC and UTS namespaces a pod's containers share, kept
 //! alive by bind mounts of their `nsfs` files (as `ip netns` does) instead of a pause
 //! process, so they outlive any container and the runtime itself. The network
-//! namespace has loopback only until `cairn-net` wires pod interfaces.
+//! namespace starts with loopback only; the pod network (`cairn-net`) adds `eth0`.
 
 use std::path::{Path, PathBuf};
 

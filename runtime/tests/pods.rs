@@ -7,9 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn_net::netns::NetNamespace;
+use cairn_net::pod_network::{PodNetwork, PodNetworkConfig, PodNetworkSlot};
 use cairn_runtime::cgroups::CgroupLayout;
 use cairn_runtime::container::ShimProgram;
 use cairn_runtime::cri_log::ReadOptions;
@@ -41,6 +44,15 @@ impl Node {
     }
 
     fn with_backoff(backoff: BackoffPolicy) -> Self {
+        Self::build(backoff, None)
+    }
+
+    /// A node whose pods join `network`.
+    fn with_pod_network(network: Arc<PodNetwork>) -> Self {
+        Self::build(BackoffPolicy::default(), Some(network))
+    }
+
+    fn build(backoff: BackoffPolicy, pod_network: Option<Arc<PodNetwork>>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cairn-pods-")
             .tempdir_in("/var/tmp")
@@ -59,6 +71,7 @@ impl Node {
         config.cgroup_parent = format!("/cairn-test-{}-{n}", std::process::id());
         config.pids_limit = Some(256);
         config.backoff = backoff;
+        config.pod_network = pod_network.map(PodNetworkSlot::ready);
         let runtime = Runtime::open(config.clone()).unwrap();
         let layout = dir.path().join("busybox");
         write_busybox_layout(Path::new("/bin/busybox"), &layout).unwrap();
@@ -704,4 +717,119 @@ async fn start_exec(
 async fn exec_code(node: &Node, uid: &str, container: &str, command: &[&str]) -> i32 {
     let session = start_exec(node, uid, container, command, false).await;
     session.process.exit.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root (namespaces, cgroups, mounts)"]
+async fn pods_on_the_pod_network_get_addresses_reach_each_other_and_give_them_back() {
+    // The node's side of the pod network lives in a namespace of the test's own.
+    let node_namespace = NetNamespace::create().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let network = Arc::new(
+        PodNetwork::start_in(
+            PodNetworkConfig {
+                bridge: "cairn0".into(),
+                pod_cidr: "10.244.5.0/24".parse().unwrap(),
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                mtu: None,
+                ipam_state: state.path().join("ipam.json"),
+            },
+            Some(node_namespace.as_fd()),
+        )
+        .await
+        .unwrap(),
+    );
+    let node = Node::with_pod_network(Arc::clone(&network));
+    let server = node.run(
+        "server",
+        &format!(
+            r#"{{"containers": [{{"name": "main", "image": "{IMAGE}",
+                "command": ["sh", "-c", "echo hello from the server > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]}}]}}"#
+        ),
+    );
+    let client = node.run(
+        "client",
+        &format!(
+            r#"{{"containers": [{{"name": "main", "image": "{IMAGE}", "command": ["sleep", "3600"],
+                "env": [{{"name": "POD_IP", "valueFrom": {{"fieldRef": {{"fieldPath": "status.podIP"}}}}}}]}}]}}"#
+        ),
+    );
+    let host = node.run(
+        "host",
+        &format!(
+            r#"{{"hostNetwork": true, "containers": [{{"name": "main", "image": "{IMAGE}", "command": ["sleep", "3600"]}}]}}"#
+        ),
+    );
+    let addresses = eventually(
+        &node,
+        "both pods running with addresses",
+        Duration::from_secs(30),
+        || {
+            let (s, c) = (node.status(&server), node.status(&client));
+            let up = running(container(&s, "main")) && running(container(&c, "main"));
+            if up {
+                Some((s.pod_ip.clone()?, c.pod_ip.clone()?))
+            } else {
+                None
+            }
+        },
+    )
+    .await;
+    let (server_ip, client_ip) = addresses;
+    assert_ne!(server_ip, client_ip);
+    for ip in [&server_ip, &client_ip] {
+        assert!(
+            ip.starts_with("10.244.5."),
+            "{ip} is not from the node's pod CIDR"
+        );
+    }
+    assert_eq!(
+        node.status(&host).pod_ip,
+        None,
+        "hostNetwork pods have none"
+    );
+
+    // The downward API sees the address, and the client reaches the server by it.
+    let (code, seen) = exec_output(&node, &client, &["sh", "-c", "echo $POD_IP"]).await;
+    assert_eq!((code, seen.trim()), (0, client_ip.as_str()));
+    let url = format!("http://{server_ip}:8080/index.html");
+    let mut answer = (1, String::new());
+    for _ in 0..50 {
+        answer = exec_output(&node, &client, &["wget", "-qO-", &url]).await;
+        if answer.0 == 0 {
+            break;
+        }
+        // The server may not listen yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!((answer.0, answer.1.trim()), (0, "hello from the server"));
+
+    node.remove_all_and_check().await;
+    network.settle().await;
+    assert!(network.attached().await.is_empty(), "addresses given back");
+    let links: Vec<String> = node_namespace
+        .run_async(|| async {
+            let netlink = cairn_net::Netlink::connect().unwrap();
+            netlink
+                .links()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.name)
+                .collect()
+        })
+        .unwrap();
+    assert_eq!(links, ["lo", "cairn0"], "no veth left on the node");
+}
+
+/// Runs `command` in the `main` container of pod `uid`: its exit code and stdout.
+async fn exec_output(node: &Node, uid: &str, command: &[&str]) -> (i32, String) {
+    let mut session = start_exec(node, uid, "main", command, false).await;
+    let mut stdout =
+        cairn_runtime::process::async_reader(session.process.stdout.take().unwrap()).unwrap();
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+        .await
+        .unwrap();
+    (session.process.exit.await.unwrap(), text)
 }

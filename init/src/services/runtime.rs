@@ -94,6 +94,9 @@ pub struct RuntimeSettings {
     /// The state does not outlive this run (no state disk): pods are removed, not just
     /// stopped, when the node stops, so nothing is left mounted.
     pub ephemeral: bool,
+    /// Where the node's pod network appears (`None`: the node has none yet, and pods
+    /// get loopback only).
+    pub pod_network: Option<cairn_net::pod_network::PodNetworkSlot>,
 }
 
 /// The runtime service.
@@ -261,6 +264,7 @@ impl Service for RuntimeService {
                 &settings.node_name,
             );
             config.spawner = Arc::new(ReaperSpawner(ctx.reaper.clone()));
+            config.pod_network = settings.pod_network.clone();
             let runtime = Arc::new(
                 Runtime::open(config)
                     .map_err(|e| ServiceError::failed("cannot open the container runtime", e))?,
