@@ -63,6 +63,8 @@ pub mod paths {
     pub const PODS: &str = "/v1/pods";
     /// Images: list (GET), import an archive (POST), remove (`DELETE ?name=`).
     pub const IMAGES: &str = "/v1/images";
+    /// The network reconciler's view: links, addresses, routes, problems.
+    pub const NETWORK: &str = "/v1/network";
 }
 
 /// The least role each call needs.
@@ -376,6 +378,79 @@ pub struct ImageInfo {
 pub struct Ack {
     /// What will happen or happened.
     pub message: String,
+}
+
+/// `GET /v1/network`: the node's links, addresses and routes as the reconciler last saw
+/// them, each marked when the machine config asks for it, and what it could not do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    /// Every link.
+    pub links: Vec<LinkInfo>,
+    /// Every address.
+    pub addresses: Vec<AddressInfo>,
+    /// Every route of the main table.
+    pub routes: Vec<RouteInfo>,
+    /// What the spec asks for that is not so, one line each (empty when converged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Passes made since the reconciler started.
+    pub passes: u64,
+    /// Items added back or changed because they had drifted from the spec, in all.
+    pub repairs: u64,
+}
+
+/// A link, as `GET /v1/network` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkInfo {
+    /// Kernel name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Hardware address, `aa:bb:…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+    /// Carrier present.
+    pub carrier: bool,
+    /// The machine config names it.
+    pub configured: bool,
+}
+
+/// An address, as `GET /v1/network` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressInfo {
+    /// The link's name.
+    pub link: String,
+    /// Address and prefix.
+    pub address: String,
+    /// The machine config asks for it.
+    pub configured: bool,
+}
+
+/// A route, as `GET /v1/network` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteInfo {
+    /// Destination prefix.
+    pub to: String,
+    /// Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Output link's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Who installed it: `kernel`, `boot`, `static` (Cairn's machine config), `dhcp`,
+    /// `cairn` (the pod network) or a number.
+    pub protocol: String,
+    /// The machine config asks for it.
+    pub configured: bool,
 }
 
 #[cfg(test)]

@@ -272,6 +272,13 @@ pub enum GetCommand {
     /// The running machine config (secrets redacted unless you are an admin).
     #[command(alias = "mc")]
     Machineconfig,
+    /// The node's links, marked when the machine config names them.
+    Links,
+    /// The node's addresses, marked when the machine config asks for them; problems
+    /// the network reconciler has are listed below.
+    Addresses,
+    /// The node's routes (main table) with who installed them.
+    Routes,
 }
 
 /// `cairnctl cluster …`.

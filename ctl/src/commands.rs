@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use cairn_api::machine_api::{
-    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, ImageInfo, KvList, KvPut, Persistence,
-    PodInfo, ServiceInfo, StoreMembers, VersionInfo, paths,
+    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, ImageInfo, KvList, KvPut, NetworkStatus,
+    Persistence, PodInfo, ServiceInfo, StoreMembers, VersionInfo, paths,
 };
 use cairn_api::machine_config::MachineConfig;
 use cairn_api::remote_command::ExecRequest;
@@ -92,6 +92,15 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             streams(&clients, &format!("{}?follow={follow}", paths::DMESG)).await
         }
         Command::Get(GetCommand::Machineconfig) => machine_config(&clients).await,
+        Command::Get(GetCommand::Links) => {
+            network(global.output, &clients, NetworkPart::Links).await
+        }
+        Command::Get(GetCommand::Addresses) => {
+            network(global.output, &clients, NetworkPart::Addresses).await
+        }
+        Command::Get(GetCommand::Routes) => {
+            network(global.output, &clients, NetworkPart::Routes).await
+        }
         Command::ApplyConfig {
             file,
             mode,
@@ -455,6 +464,87 @@ async fn streams(clients: &[NodeClient], path: &str) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// Which part of the network status `cairnctl get` shows.
+#[derive(Debug, Clone, Copy)]
+pub enum NetworkPart {
+    /// Links.
+    Links,
+    /// Addresses.
+    Addresses,
+    /// Routes.
+    Routes,
+}
+
+fn yes(flag: bool) -> String {
+    if flag { "yes".into() } else { "-".into() }
+}
+
+fn network_table(part: NetworkPart, results: &[(&str, NetworkStatus)]) -> String {
+    let mut table = match part {
+        NetworkPart::Links => {
+            Table::new(&["NODE", "LINK", "MAC", "MTU", "UP", "CARRIER", "CONFIGURED"])
+        }
+        NetworkPart::Addresses => Table::new(&["NODE", "LINK", "ADDRESS", "CONFIGURED"]),
+        NetworkPart::Routes => Table::new(&["NODE", "TO", "VIA", "LINK", "PROTOCOL", "CONFIGURED"]),
+    };
+    let mut problems = Vec::new();
+    for (node, status) in results {
+        match part {
+            NetworkPart::Links => {
+                for link in &status.links {
+                    table.row(vec![
+                        (*node).to_owned(),
+                        link.name.clone(),
+                        link.mac.clone().unwrap_or_else(|| "-".into()),
+                        link.mtu.map_or_else(|| "-".into(), |m| m.to_string()),
+                        yes(link.up),
+                        yes(link.carrier),
+                        yes(link.configured),
+                    ]);
+                }
+            }
+            NetworkPart::Addresses => {
+                for address in &status.addresses {
+                    table.row(vec![
+                        (*node).to_owned(),
+                        address.link.clone(),
+                        address.address.clone(),
+                        yes(address.configured),
+                    ]);
+                }
+            }
+            NetworkPart::Routes => {
+                for route in &status.routes {
+                    table.row(vec![
+                        (*node).to_owned(),
+                        route.to.clone(),
+                        route.via.clone().unwrap_or_else(|| "-".into()),
+                        route.link.clone().unwrap_or_else(|| "-".into()),
+                        route.protocol.clone(),
+                        yes(route.configured),
+                    ]);
+                }
+            }
+        }
+        problems.extend(status.problems.iter().map(|p| format!("{node}: {p}")));
+    }
+    let mut text = table.render();
+    for problem in problems {
+        text.push_str(&format!("\nproblem: {problem}"));
+    }
+    text
+}
+
+async fn network(
+    format: Output,
+    clients: &[NodeClient],
+    part: NetworkPart,
+) -> anyhow::Result<bool> {
+    let (results, ok) = each(clients, |c| c.get::<NetworkStatus>(paths::NETWORK)).await;
+    print(format, &by_node(&results), || network_table(part, &results))?;
+    Ok(ok)
+}
+
 async fn machine_config(clients: &[NodeClient]) -> anyhow::Result<bool> {
     let (results, ok) = each(clients, |c| c.get_text(paths::MACHINE_CONFIG)).await;
     let several = results.len() > 1;
@@ -590,4 +680,68 @@ fn encode_query(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_api::machine_api::{AddressInfo, LinkInfo, RouteInfo};
+
+    fn status() -> NetworkStatus {
+        NetworkStatus {
+            links: vec![LinkInfo {
+                name: "eth0".into(),
+                index: 2,
+                mac: Some("52:54:00:00:00:01".into()),
+                mtu: Some(1500),
+                up: true,
+                carrier: false,
+                configured: true,
+            }],
+            addresses: vec![AddressInfo {
+                link: "eth0".into(),
+                address: "10.5.0.2/24".into(),
+                configured: true,
+            }],
+            routes: vec![RouteInfo {
+                to: "10.244.1.0/24".into(),
+                via: Some("10.5.0.3".into()),
+                link: Some("eth0".into()),
+                protocol: "cairn".into(),
+                configured: false,
+            }],
+            problems: vec!["machine.network.interfaces[1] (eth9): no link matches".into()],
+            passes: 3,
+            repairs: 1,
+        }
+    }
+
+    #[test]
+    fn network_tables_show_each_part_and_the_problems() {
+        let results = [("node-1", status())];
+        let links = network_table(NetworkPart::Links, &results);
+        assert!(links.contains("52:54:00:00:00:01"), "{links}");
+        assert!(links.lines().nth(1).unwrap().split_whitespace().eq([
+            "node-1",
+            "eth0",
+            "52:54:00:00:00:01",
+            "1500",
+            "yes",
+            "-",
+            "yes"
+        ]));
+        let addresses = network_table(NetworkPart::Addresses, &results);
+        assert!(addresses.contains("10.5.0.2/24"), "{addresses}");
+        let routes = network_table(NetworkPart::Routes, &results);
+        assert!(
+            routes.contains("10.244.1.0/24") && routes.contains("cairn"),
+            "{routes}"
+        );
+        assert!(
+            routes.ends_with(
+                "\nproblem: node-1: machine.network.interfaces[1] (eth9): no link matches"
+            ),
+            "{routes}"
+        );
+    }
 }

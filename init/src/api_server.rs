@@ -172,6 +172,8 @@ pub struct NodeContext {
     pub store: crate::services::store::StoreHandle,
     /// The container runtime.
     pub runtime: crate::services::runtime::RuntimeHandle,
+    /// The network reconciler's last status (PID 1 only).
+    pub network: crate::services::network::NetworkHandle,
 }
 
 /// Who is calling: from the client certificate.
@@ -271,6 +273,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route(paths::STORE_MEMBERS, get(store_members))
         .route("/v1/store/members/{id}/remove", post(store_remove))
         .route(paths::STORE_KV, get(store_get).post(store_put))
+        .route(paths::NETWORK, get(network))
         .merge(crate::api_runtime::routes())
         .layer(middleware::from_fn(authorize))
         .with_state(ctx)
@@ -514,6 +517,18 @@ async fn shutdown(
     Extension(identity): Extension<Identity>,
 ) -> Response {
     power(&ctx, PowerAction::PowerOff, &identity)
+}
+
+async fn network(State(ctx): State<Arc<NodeContext>>) -> Response {
+    match ctx.network.get() {
+        Some(status) => Json(status).into_response(),
+        None => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the network reconciler does not run on this node (a hosted node leaves the \
+             host's network alone) or has not made its first pass yet",
+            Vec::new(),
+        ),
+    }
 }
 
 fn store_node(ctx: &NodeContext) -> Result<Arc<cairn_store::node::StoreNode>, Box<Response>> {

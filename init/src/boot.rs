@@ -43,6 +43,7 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
+use crate::services::network::NetworkService;
 use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
 use crate::services::store::{StoreService, StoreSettings};
@@ -108,6 +109,8 @@ pub struct BootContext {
     pub store: crate::services::store::StoreHandle,
     /// The container runtime, once it runs.
     pub runtime: crate::services::runtime::RuntimeHandle,
+    /// The network reconciler's status, once it runs (PID 1).
+    pub network: crate::services::network::NetworkHandle,
     /// When the process started.
     pub started: Instant,
 }
@@ -668,6 +671,7 @@ async fn start_machine_api(
         listen: ctx.options.api_listen,
         store: ctx.store.clone(),
         runtime: ctx.runtime.clone(),
+        network: ctx.network.clone(),
     });
     let manager = Arc::clone(&node.config);
     ctx.supervisor
@@ -682,6 +686,13 @@ async fn start_services(
     test_services: &[String],
 ) -> Result<(), ServicesPhaseError> {
     let config_manager = start_machine_api(ctx, settled).await?;
+    if ctx.host.is_pid1() {
+        // Boot applied the network once; from here on it is kept so.
+        ctx.supervisor.start(Arc::new(NetworkService::new(
+            Arc::clone(&config_manager),
+            ctx.network.clone(),
+        )))?;
+    }
     let state_dir = settled.state_dir.clone().unwrap_or_else(|| match ctx.host {
         // Without a disk the store and the runtime live in RAM, like the rest of an
         // ephemeral node.

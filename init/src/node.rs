@@ -46,6 +46,7 @@ pub async fn run(
         state: state.clone(),
         store: crate::services::store::StoreHandle::default(),
         runtime: crate::services::runtime::RuntimeHandle::default(),
+        network: crate::services::network::NetworkHandle::default(),
         started,
     };
 

@@ -9,7 +9,8 @@
 //! - [`dhcp`]: a DHCPv4 client that keeps a lease on a link.
 //! - [`interfaces`]: applying a configured interface (wait for it, MTU, up, addresses, routes).
 //! - [`ipam`]: persistent addresses of a node's pod CIDR.
-//! - [`monitor`]: a stream of link changes, for services that react to them.
+//! - [`monitor`]: streams of link changes and of any network change.
+//! - [`reconcile`]: keeping links, addresses and routes as the machine config says.
 //! - [`netns`]: network namespaces held by a file descriptor (tests and benchmarks).
 //! - [`nftables`]: Cairn's nf_tables table (the pod network's masquerade), over netlink.
 //! - [`pod_network`]: the node's pod bridge, per-pod veth pairs, routes to other nodes.
@@ -24,6 +25,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nftables;
 pub mod pod_network;
+pub mod reconcile;
 
 pub use netlink::{Link, Netlink, RouteEntry};
 

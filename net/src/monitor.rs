@@ -1,4 +1,5 @@
-//! Following link changes as the kernel announces them (`RTNLGRP_LINK`).
+//! Following changes as the kernel announces them: links (`RTNLGRP_LINK`), and every
+//! change of links, addresses and routes for reconcilers.
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
@@ -49,5 +50,38 @@ impl LinkMonitor {
             }
         }
         None
+    }
+}
+
+/// A subscription to every change of links, addresses and routes (IPv4 and IPv6) in
+/// the caller's network namespace, for reconcilers that only need to know that
+/// something changed.
+pub struct ChangeMonitor {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+}
+
+impl ChangeMonitor {
+    /// Subscribes; the netlink connection is driven on the current tokio runtime.
+    pub fn subscribe() -> Result<Self, NetError> {
+        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+        ])
+        .map_err(NetError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { messages })
+    }
+
+    /// Waits for the next change, then takes every change already queued with it;
+    /// `false` when the socket closed.
+    pub async fn changed(&mut self) -> bool {
+        if self.messages.next().await.is_none() {
+            return false;
+        }
+        while self.messages.try_recv().is_ok() {}
+        true
     }
 }

@@ -224,12 +224,7 @@ impl Netlink {
         new_name: &str,
         group: u32,
     ) -> Result<(), NetError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(link.index).down().build())
-            .execute()
-            .await
-            .map_err(|source| request(format!("set {} down", link.name), source))?;
+        self.set_down(link).await?;
         self.handle
             .link()
             .set(
@@ -336,6 +331,16 @@ impl Netlink {
             .execute()
             .await
             .map_err(|source| request(format!("set {} up", link.name), source))
+    }
+
+    /// Sets a link administratively down.
+    pub async fn set_down(&self, link: &Link) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).down().build())
+            .execute()
+            .await
+            .map_err(|source| request(format!("set {} down", link.name), source))
     }
 
     /// Sets a link's MTU.

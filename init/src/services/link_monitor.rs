@@ -1,5 +1,5 @@
 //! `link-monitor`: logs links appearing, going up or down, and losing carrier, from
-//! netlink events. It is the observation half of the network reconciler to come.
+//! netlink events, for the node's log (the `network` service acts on changes).
 
 use std::collections::BTreeMap;
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::supervisor::Service;
 
 pub mod link_monitor;
+pub mod network;
 pub mod podnet;
 pub mod runtime;
 pub mod store;

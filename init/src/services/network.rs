@@ -1,0 +1,103 @@
+//! `network`: the network reconciler on a node running as PID 1. It keeps the links,
+//! addresses and routes of the running machine config in place (a pass on every
+//! netlink change, and every second), repairs drift, and publishes what it sees for
+//! `GET /v1/network` (`cairnctl get links|addresses|routes`). Boot has already applied
+//! the config once; live apply-config changes reach it through the config manager.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cairn_api::machine_api::NetworkStatus;
+use cairn_net::Netlink;
+use cairn_net::monitor::ChangeMonitor;
+use cairn_net::reconcile::Reconciler;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tracing::{info, warn};
+
+use crate::config_manager::ConfigManager;
+use crate::supervisor::{Service, ServiceContext, ServiceError};
+
+/// How often a pass runs without any netlink change (config changes, links that
+/// appear late).
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
+/// Changes arriving this close together are handled in one pass.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// The reconciler's last status, for the machine API (`None` before the first pass or
+/// on a node without the service).
+#[derive(Clone, Default)]
+pub struct NetworkHandle {
+    status: Arc<RwLock<Option<NetworkStatus>>>,
+}
+
+impl NetworkHandle {
+    /// The last status.
+    pub fn get(&self) -> Option<NetworkStatus> {
+        self.status.read().ok().and_then(|s| s.clone())
+    }
+
+    fn set(&self, status: NetworkStatus) {
+        if let Ok(mut slot) = self.status.write() {
+            *slot = Some(status);
+        }
+    }
+}
+
+/// The service.
+pub struct NetworkService {
+    config: Arc<ConfigManager>,
+    handle: NetworkHandle,
+}
+
+impl NetworkService {
+    /// A service keeping `config`'s network in place and publishing to `handle`.
+    pub fn new(config: Arc<ConfigManager>, handle: NetworkHandle) -> Self {
+        Self { config, handle }
+    }
+}
+
+impl Service for NetworkService {
+    fn name(&self) -> &str {
+        "network"
+    }
+
+    fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
+        let config = Arc::clone(&self.config);
+        let handle = self.handle.clone();
+        async move {
+            let netlink = Netlink::connect()
+                .map_err(|e| ServiceError::failed("cannot open a netlink socket", e))?;
+            let mut changes = ChangeMonitor::subscribe()
+                .map_err(|e| ServiceError::failed("cannot subscribe to network changes", e))?;
+            let mut reconciler = Reconciler::new(netlink);
+            let mut said: Vec<String> = Vec::new();
+            info!("reconciling the network");
+            loop {
+                let spec = config.current().await.interfaces().unwrap_or_default();
+                let status = reconciler.pass(&spec).await;
+                if status.problems != said {
+                    for problem in &status.problems {
+                        warn!(%problem, "network not as configured");
+                    }
+                    said.clone_from(&status.problems);
+                }
+                handle.set(status);
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                    changed = changes.changed() => {
+                        if !changed {
+                            return Err(ServiceError::Failed {
+                                message: "the netlink change socket closed".into(),
+                                source: None,
+                            });
+                        }
+                        tokio::time::sleep(SETTLE).await;
+                    }
+                    () = tokio::time::sleep(RESYNC_EVERY) => {}
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,308 @@
+//! The network reconciler: keeps the node's links, addresses and routes as the machine
+//! config's interfaces say, and reports what it sees. A pass reads the kernel's state
+//! over netlink, changes only what differs (so a converged node sees no writes, and no
+//! netlink events of its own making), removes what it put in place for an earlier spec
+//! and no longer should be there, and leaves everything else alone (DHCP leases, the
+//! pod network's bridge, veths and routes, the kernel's own routes). Run a pass again
+//! on every netlink change (see [`crate::monitor::ChangeMonitor`]) and drift is repaired
+//! as soon as it happens: an address or route removed by hand comes back, a link set
+//! down goes up again, a link that comes back gets its addresses again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use cairn_api::machine_api::{AddressInfo, LinkInfo, NetworkStatus, RouteInfo};
+use cairn_api::machine_config::Interface;
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use crate::interfaces::matches;
+use crate::{Link, Netlink, RouteEntry};
+
+/// An address on a link (by index).
+type AddressKey = (u32, IpNet);
+/// A route: link index, destination, gateway.
+type RouteKey = (u32, IpNet, Option<IpAddr>);
+
+/// Converges the node's network towards a spec, pass after pass.
+pub struct Reconciler {
+    netlink: Netlink,
+    /// Addresses and routes put in place for the specs seen so far.
+    owned_addresses: BTreeSet<AddressKey>,
+    owned_routes: BTreeSet<RouteKey>,
+    passes: u64,
+    repairs: u64,
+}
+
+/// An error with its sources, one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        2 => "kernel".into(),
+        3 => "boot".into(),
+        4 => "static".into(),
+        16 => "dhcp".into(),
+        crate::netlink::CAIRN_ROUTE_PROTOCOL => "cairn".into(),
+        other => other.to_string(),
+    }
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Reconciler {
+    /// A reconciler working through `netlink`, owning nothing yet.
+    pub fn new(netlink: Netlink) -> Self {
+        Self {
+            netlink,
+            owned_addresses: BTreeSet::new(),
+            owned_routes: BTreeSet::new(),
+            passes: 0,
+            repairs: 0,
+        }
+    }
+
+    /// One pass towards `spec` (the machine config's interfaces, in order); the state
+    /// seen afterwards, with what could not be done.
+    pub async fn pass(&mut self, spec: &[Interface]) -> NetworkStatus {
+        self.passes += 1;
+        let mut problems = Vec::new();
+        let mut changes = 0u64;
+        let links = match self.netlink.links().await {
+            Ok(links) => links,
+            Err(err) => {
+                return NetworkStatus {
+                    problems: vec![format!("cannot read the links: {}", chain(&err))],
+                    passes: self.passes,
+                    repairs: self.repairs,
+                    ..NetworkStatus::default()
+                };
+            }
+        };
+        let routes = self.netlink.routes().await.unwrap_or_else(|err| {
+            problems.push(format!("cannot read the routes: {}", chain(&err)));
+            Vec::new()
+        });
+        let mut wanted_addresses = BTreeSet::new();
+        let mut wanted_routes = BTreeSet::new();
+        let mut configured_links = BTreeSet::new();
+        for (i, interface) in spec.iter().enumerate() {
+            let place = format!("machine.network.interfaces[{i}] ({})", interface.selector);
+            let Some(link) = links.iter().find(|l| matches(&interface.selector, l)) else {
+                problems.push(format!("{place}: no link matches"));
+                continue;
+            };
+            configured_links.insert(link.index);
+            changes += self
+                .converge_link(&place, link, interface, &routes, &mut problems)
+                .await;
+            for address in &interface.addresses {
+                wanted_addresses.insert((link.index, *address));
+            }
+            for route in &interface.routes {
+                wanted_routes.insert((link.index, route.to, route.via));
+            }
+        }
+        changes += self
+            .remove_stale(&links, &wanted_addresses, &wanted_routes, &mut problems)
+            .await;
+        self.owned_addresses = wanted_addresses;
+        self.owned_routes = wanted_routes;
+        if changes > 0 && self.passes > 1 {
+            self.repairs += changes;
+        }
+        self.status(configured_links, problems).await
+    }
+
+    /// Brings one configured link to its spec; how many changes that took.
+    async fn converge_link(
+        &mut self,
+        place: &str,
+        link: &Link,
+        interface: &Interface,
+        routes: &[RouteEntry],
+        problems: &mut Vec<String>,
+    ) -> u64 {
+        let mut changes = 0;
+        let mut fail = |what: String, err: crate::NetError| {
+            problems.push(format!("{place}: {what}: {}", chain(&err)));
+        };
+        if let Some(mtu) = interface.mtu
+            && link.mtu != Some(mtu)
+        {
+            match self.netlink.set_mtu(link, mtu).await {
+                Ok(()) => {
+                    info!(link = %link.name, mtu, "mtu set");
+                    changes += 1;
+                }
+                Err(err) => fail(format!("mtu {mtu}"), err),
+            }
+        }
+        if !link.up {
+            match self.netlink.set_up(link).await {
+                Ok(()) => {
+                    info!(link = %link.name, "link set up");
+                    changes += 1;
+                }
+                Err(err) => fail("set up".into(), err),
+            }
+        }
+        let present = match self.netlink.addresses(link).await {
+            Ok(present) => present,
+            Err(err) => {
+                fail("read addresses".into(), err);
+                return changes;
+            }
+        };
+        for address in interface.addresses.iter().filter(|a| !present.contains(a)) {
+            match self.netlink.add_address(link, *address).await {
+                Ok(()) => {
+                    info!(link = %link.name, %address, "address added");
+                    changes += 1;
+                }
+                Err(err) => fail(format!("address {address}"), err),
+            }
+        }
+        for route in &interface.routes {
+            let there = routes.iter().any(|r| {
+                r.to == route.to && r.via == route.via && r.link_index == Some(link.index)
+            });
+            if there {
+                continue;
+            }
+            match self.netlink.add_route(link, route.to, route.via).await {
+                Ok(()) => {
+                    info!(link = %link.name, to = %route.to, "route added");
+                    changes += 1;
+                }
+                Err(err) => fail(format!("route to {}", route.to), err),
+            }
+        }
+        changes
+    }
+
+    /// Removes what earlier specs had put in place and this one does not want.
+    async fn remove_stale(
+        &mut self,
+        links: &[Link],
+        wanted_addresses: &BTreeSet<AddressKey>,
+        wanted_routes: &BTreeSet<RouteKey>,
+        problems: &mut Vec<String>,
+    ) -> u64 {
+        let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+        let mut changes = 0;
+        for (index, address) in self.owned_addresses.difference(wanted_addresses) {
+            // A link that is gone took its addresses with it.
+            let Some(link) = by_index.get(index) else {
+                continue;
+            };
+            match self.netlink.del_address(link, *address).await {
+                Ok(()) => {
+                    info!(link = %link.name, %address, "address no longer configured; removed");
+                    changes += 1;
+                }
+                Err(err) => problems.push(format!(
+                    "removing {address} from {}: {}",
+                    link.name,
+                    chain(&err)
+                )),
+            }
+        }
+        for (index, to, via) in self.owned_routes.difference(wanted_routes) {
+            let Some(link) = by_index.get(index) else {
+                continue;
+            };
+            match self.netlink.del_route(link, *to, *via).await {
+                Ok(()) => {
+                    info!(link = %link.name, %to, "route no longer configured; removed");
+                    changes += 1;
+                }
+                Err(err) => problems.push(format!(
+                    "removing the route to {to} from {}: {}",
+                    link.name,
+                    chain(&err)
+                )),
+            }
+        }
+        changes
+    }
+
+    /// The state as it is now, marked with what the spec asks for.
+    async fn status(
+        &self,
+        configured_links: BTreeSet<u32>,
+        mut problems: Vec<String>,
+    ) -> NetworkStatus {
+        let links = match self.netlink.links().await {
+            Ok(links) => links,
+            Err(err) => {
+                problems.push(format!("cannot read the links: {}", chain(&err)));
+                Vec::new()
+            }
+        };
+        let names: BTreeMap<u32, String> =
+            links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut addresses = Vec::new();
+        for link in &links {
+            match self.netlink.addresses(link).await {
+                Ok(nets) => addresses.extend(nets.into_iter().map(|address| AddressInfo {
+                    link: link.name.clone(),
+                    address: address.to_string(),
+                    configured: self.owned_addresses.contains(&(link.index, address)),
+                })),
+                Err(err) => warn!(link = %link.name, error = %err, "addresses not read"),
+            }
+        }
+        let routes = match self.netlink.routes().await {
+            Ok(routes) => routes,
+            Err(err) => {
+                problems.push(format!("cannot read the routes: {}", chain(&err)));
+                Vec::new()
+            }
+        };
+        NetworkStatus {
+            links: links
+                .iter()
+                .map(|link| LinkInfo {
+                    name: link.name.clone(),
+                    index: link.index,
+                    mac: link.mac.as_ref().map(mac_text),
+                    mtu: link.mtu,
+                    up: link.up,
+                    carrier: link.carrier,
+                    configured: configured_links.contains(&link.index),
+                })
+                .collect(),
+            addresses,
+            routes: routes
+                .iter()
+                .map(|route| RouteInfo {
+                    to: route.to.to_string(),
+                    via: route.via.map(|v| v.to_string()),
+                    link: route.link_index.and_then(|i| names.get(&i).cloned()),
+                    protocol: protocol_name(route.protocol),
+                    configured: route.link_index.is_some_and(|index| {
+                        self.owned_routes.contains(&(index, route.to, route.via))
+                    }),
+                })
+                .collect(),
+            problems,
+            passes: self.passes,
+            repairs: self.repairs,
+        }
+    }
+}
