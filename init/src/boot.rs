@@ -682,14 +682,17 @@ async fn start_machine_api(
 async fn start_services(
     ctx: &BootContext,
     settled: &Settled,
-    leases: Vec<(Link, Option<Lease>)>,
+    dhcp_links: Vec<(Link, Option<Lease>)>,
     test_services: &[String],
 ) -> Result<(), ServicesPhaseError> {
     let config_manager = start_machine_api(ctx, settled).await?;
+    // DHCP clients post their leases here; the network reconciler puts them in place.
+    let leases = dhcp::LeaseBoard::default();
     if ctx.host.is_pid1() {
         // Boot applied the network once; from here on it is kept so.
         ctx.supervisor.start(Arc::new(NetworkService::new(
             Arc::clone(&config_manager),
+            leases.clone(),
             ctx.network.clone(),
         )))?;
     }
@@ -751,9 +754,10 @@ async fn start_services(
         ctx.supervisor
             .start(Arc::new(StoreService::new(settings, ctx.store.clone())))?;
     }
-    if !leases.is_empty() {
+    if !dhcp_links.is_empty() {
         ctx.supervisor.start(Arc::new(DhcpService {
-            leases: std::sync::Mutex::new(leases),
+            links: std::sync::Mutex::new(dhcp_links),
+            board: leases.clone(),
         }))?;
     }
     let mut wanted = services::builtin();
@@ -801,10 +805,13 @@ fn pod_net_settings(
     })
 }
 
-/// `dhcp`: keeps the leases of the `dhcp: true` links.
+/// `dhcp`: keeps the leases of the `dhcp: true` links, posting them for the network
+/// reconciler.
 struct DhcpService {
     /// The links, with the lease boot got (taken by the first run).
-    leases: std::sync::Mutex<Vec<(Link, Option<Lease>)>>,
+    links: std::sync::Mutex<Vec<(Link, Option<Lease>)>>,
+    /// Where leases are posted.
+    board: dhcp::LeaseBoard,
 }
 
 impl Service for DhcpService {
@@ -813,20 +820,19 @@ impl Service for DhcpService {
     }
 
     fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
-        let mut links = self.leases.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut links = self.links.lock().map(|l| l.clone()).unwrap_or_default();
         // A restarted run starts from scratch (no remembered lease).
-        if let Ok(mut stored) = self.leases.lock() {
+        if let Ok(mut stored) = self.links.lock() {
             for (_, lease) in stored.iter_mut() {
                 *lease = None;
             }
         }
+        let board = self.board.clone();
         async move {
-            let netlink =
-                Netlink::connect().map_err(|e| ServiceError::failed("cannot open netlink", e))?;
             let keepers: Vec<_> = links
                 .drain(..)
                 .map(|(link, lease)| {
-                    dhcp::maintain(netlink.clone(), link, lease, ctx.shutdown.clone())
+                    dhcp::maintain(link, lease, board.clone(), ctx.shutdown.clone())
                 })
                 .collect();
             futures::future::join_all(keepers).await;

@@ -87,6 +87,11 @@ pub fn apply_resolvers(config: &MachineConfig) -> Result<(), LiveError> {
     if servers.is_empty() {
         return Ok(());
     }
+    write_resolvers(&servers)
+}
+
+/// Writes `/etc/resolv.conf` naming `servers`.
+pub fn write_resolvers(servers: &[IpAddr]) -> Result<(), LiveError> {
     let text: String = servers
         .iter()
         .map(|s| format!("nameserver {s}\n"))

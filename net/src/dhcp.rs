@@ -1,9 +1,18 @@
-//! A DHCPv4 client: acquires a lease on one link (DISCOVER, OFFER, REQUEST, ACK),
-//! applies it (address, default route) over netlink, and renews it at half its
-//! lifetime. Used for `dhcp: true` interfaces and for maintenance mode.
+//! A DHCPv4 client: acquires a lease on one link (DISCOVER, OFFER, REQUEST, ACK) and
+//! keeps it as RFC 2131 says: from T1 it renews with the server that granted it
+//! (unicast), from T2 it rebinds with any server (broadcast), and at the end of the
+//! lease it gives the address up and starts over. Leases are posted on a
+//! [`LeaseBoard`], from which the network reconciler puts them in place (address,
+//! default route, MTU) and takes them away; DNS servers and the host name offered are
+//! there for whoever uses them. Maintenance mode applies a lease directly
+//! ([`apply`]).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+use cairn_api::machine_config::{Interface, LinkSelector, Route};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
@@ -33,6 +42,118 @@ pub struct Lease {
     pub server: Ipv4Addr,
     /// Lease lifetime.
     pub lifetime: Duration,
+    /// From when to renew with the granting server (T1; half the lifetime unless
+    /// the server says).
+    pub renew_after: Duration,
+    /// From when to rebind with any server (T2; seven eighths of the lifetime unless
+    /// the server says).
+    pub rebind_after: Duration,
+    /// The link MTU offered (option 26).
+    pub mtu: Option<u32>,
+    /// The host name offered (option 12).
+    pub hostname: Option<String>,
+    /// When the lease was granted (the answer was read).
+    pub obtained: Instant,
+}
+
+/// Where a lease stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeasePhase {
+    /// Valid; nothing to do before T1.
+    Bound,
+    /// Between T1 and T2: renew with the server that granted it.
+    Renewing,
+    /// Between T2 and the end: rebind with any server.
+    Rebinding,
+    /// Over: the address must go.
+    Expired,
+}
+
+impl Lease {
+    /// The lease's phase at `now`.
+    pub fn phase(&self, now: Instant) -> LeasePhase {
+        let age = now.saturating_duration_since(self.obtained);
+        if age >= self.lifetime {
+            LeasePhase::Expired
+        } else if age >= self.rebind_after {
+            LeasePhase::Rebinding
+        } else if age >= self.renew_after {
+            LeasePhase::Renewing
+        } else {
+            LeasePhase::Bound
+        }
+    }
+
+    /// When the current phase ends (T1, T2 or the end of the lease).
+    pub fn phase_ends(&self, now: Instant) -> Instant {
+        let end = match self.phase(now) {
+            LeasePhase::Bound => self.renew_after,
+            LeasePhase::Renewing => self.rebind_after,
+            LeasePhase::Rebinding | LeasePhase::Expired => self.lifetime,
+        };
+        self.obtained + end
+    }
+
+    /// The lease as a layer of the network spec: its address, a default route
+    /// through its router, its MTU, on the link named `link`.
+    pub fn interface(&self, link: &str) -> Interface {
+        Interface {
+            selector: LinkSelector::Name(link.to_owned()),
+            addresses: vec![IpNet::V4(self.address)],
+            mtu: self.mtu,
+            dhcp: true,
+            routes: self
+                .router
+                .map(|router| Route {
+                    to: IpNet::V4(Ipv4Net::default()),
+                    via: Some(IpAddr::V4(router)),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// The leases a node's DHCP clients hold, by link name: posted by [`maintain`], read
+/// by the network reconciler. Clones share the board.
+#[derive(Clone, Default)]
+pub struct LeaseBoard {
+    leases: Arc<RwLock<BTreeMap<String, Lease>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for LeaseBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.leases()).finish()
+    }
+}
+
+impl LeaseBoard {
+    /// Posts the lease of `link` (or its loss, with `None`).
+    pub fn post(&self, link: &str, lease: Option<Lease>) {
+        {
+            let mut leases = self.leases.write().unwrap_or_else(PoisonError::into_inner);
+            match lease {
+                Some(lease) => leases.insert(link.to_owned(), lease),
+                None => leases.remove(link),
+            };
+        }
+        self.changed.notify_one();
+    }
+
+    /// Every lease held now.
+    pub fn leases(&self) -> BTreeMap<String, Lease> {
+        self.leases
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits for the next post (one waiter: the reconciler; a post while nobody
+    /// waits is kept for the next wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
 }
 
 /// Why DHCP failed.
@@ -114,6 +235,10 @@ fn request_message(
         OptionCode::Router,
         OptionCode::DomainNameServer,
         OptionCode::AddressLeaseTime,
+        OptionCode::Renewal,
+        OptionCode::Rebinding,
+        OptionCode::InterfaceMtu,
+        OptionCode::Hostname,
     ]));
     if let Some((address, server)) = offer {
         options.insert(DhcpOption::RequestedIpAddress(address));
@@ -149,12 +274,37 @@ pub fn lease_of(message: &Message) -> Option<Lease> {
         Some(DhcpOption::AddressLeaseTime(secs)) => Duration::from_secs(u64::from(*secs)),
         _ => Duration::from_secs(3600),
     };
+    // T1 and T2 as the server says, kept in order and within the lease.
+    let rebind_after = match options.get(OptionCode::Rebinding) {
+        Some(DhcpOption::Rebinding(secs)) => Duration::from_secs(u64::from(*secs)),
+        _ => lifetime * 7 / 8,
+    }
+    .min(lifetime);
+    let renew_after = match options.get(OptionCode::Renewal) {
+        Some(DhcpOption::Renewal(secs)) => Duration::from_secs(u64::from(*secs)),
+        _ => lifetime / 2,
+    }
+    .min(rebind_after);
+    let mtu = match options.get(OptionCode::InterfaceMtu) {
+        // RFC 2132: at least 68.
+        Some(DhcpOption::InterfaceMtu(mtu)) if *mtu >= 68 => Some(u32::from(*mtu)),
+        _ => None,
+    };
+    let hostname = match options.get(OptionCode::Hostname) {
+        Some(DhcpOption::Hostname(name)) if !name.is_empty() => Some(name.clone()),
+        _ => None,
+    };
     Some(Lease {
         address,
         router,
         dns,
         server,
         lifetime,
+        renew_after,
+        rebind_after,
+        mtu,
+        hostname,
+        obtained: Instant::now(),
     })
 }
 
@@ -165,10 +315,23 @@ async fn exchange(
     expect: &[MessageType],
     deadline: Instant,
 ) -> Result<Message, DhcpError> {
+    exchange_with(socket, link, message, expect, deadline, Ipv4Addr::BROADCAST).await
+}
+
+/// Sends `message` to `server` (the broadcast address, or one server when
+/// renewing) until an answer of a kind in `expect` comes, or `deadline`.
+async fn exchange_with(
+    socket: &UdpSocket,
+    link: &Link,
+    message: &Message,
+    expect: &[MessageType],
+    deadline: Instant,
+    server: Ipv4Addr,
+) -> Result<Message, DhcpError> {
     let bytes = message
         .to_vec()
         .map_err(|e| DhcpError::Encode(e.to_string()))?;
-    let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
+    let broadcast = SocketAddrV4::new(server, SERVER_PORT);
     let mut buffer = vec![0u8; 1500];
     let mut last_send_error = None;
     loop {
@@ -276,21 +439,57 @@ pub async fn acquire(link: &Link, timeout: Duration) -> Result<Lease, DhcpError>
     lease_of(&ack).ok_or_else(timeout_error)
 }
 
-/// Asks to extend a lease (an INIT-REBOOT style broadcast REQUEST for our address).
-pub async fn renew(link: &Link, lease: &Lease, timeout: Duration) -> Result<Lease, DhcpError> {
+/// How a lease is extended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// RENEWING: ask the server that granted it, unicast.
+    Renew,
+    /// REBINDING: ask any server, broadcast.
+    Rebind,
+}
+
+/// Asks to extend `lease` (a REQUEST carrying our address as `ciaddr`), as RFC 2131's
+/// RENEWING or REBINDING state does; the extended lease.
+pub async fn extend(
+    link: &Link,
+    lease: &Lease,
+    how: Extension,
+    timeout: Duration,
+) -> Result<Lease, DhcpError> {
     let socket = socket_for(link)?;
-    let message = request_message(
-        link,
+    let mac = link.mac.unwrap_or_default();
+    let mut message = Message::new_with_id(
         new_xid(),
-        MessageType::Request,
-        Some((lease.address.addr(), None)),
+        lease.address.addr(),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
     );
-    let ack = exchange(
+    message.set_opcode(Opcode::BootRequest);
+    let options = message.opts_mut();
+    options.insert(DhcpOption::MessageType(MessageType::Request));
+    options.insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+        OptionCode::AddressLeaseTime,
+        OptionCode::Renewal,
+        OptionCode::Rebinding,
+        OptionCode::InterfaceMtu,
+        OptionCode::Hostname,
+    ]));
+    let server = match how {
+        Extension::Renew => lease.server,
+        Extension::Rebind => Ipv4Addr::BROADCAST,
+    };
+    let ack = exchange_with(
         &socket,
         link,
         &message,
         &[MessageType::Ack],
         Instant::now() + timeout,
+        server,
     )
     .await?;
     lease_of(&ack).ok_or(DhcpError::Timeout {
@@ -319,18 +518,74 @@ pub async fn apply(netlink: &Netlink, link: &Link, lease: &Lease) -> Result<(), 
     Ok(())
 }
 
-/// Keeps a link's lease: acquires (retrying forever with a pause), applies, renews at
-/// half the lifetime, starts over when a renewal fails. Returns only when `stop` fires.
-pub async fn maintain(netlink: Netlink, link: Link, first: Option<Lease>, stop: CancellationToken) {
+/// The longest one renewal or rebinding exchange waits for an answer.
+const EXTEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest pause between two renewal or rebinding attempts.
+const EXTEND_PAUSE: Duration = Duration::from_secs(1);
+
+/// How keeping a lease ended.
+enum Kept {
+    /// A server extended it.
+    Extended(Lease),
+    /// Nobody did before it ended.
+    Expired,
+    /// The client must stop.
+    Stopped,
+}
+
+/// Holds `lease` through its phases: waits for T1, renews with its server until T2
+/// (pausing half the time left between attempts, as RFC 2131 suggests), rebinds with
+/// any server until it ends.
+async fn keep(link: &Link, lease: &Lease, stop: &CancellationToken) -> Kept {
+    loop {
+        let now = Instant::now();
+        let how = match lease.phase(now) {
+            LeasePhase::Expired => return Kept::Expired,
+            LeasePhase::Bound => {
+                if sleep_or_stop(stop, lease.phase_ends(now) - now).await {
+                    return Kept::Stopped;
+                }
+                continue;
+            }
+            LeasePhase::Renewing => Extension::Renew,
+            LeasePhase::Rebinding => Extension::Rebind,
+        };
+        let left = lease.phase_ends(now).saturating_duration_since(now);
+        let attempt = left.min(EXTEND_TIMEOUT).max(Duration::from_millis(500));
+        let extended = tokio::select! {
+            extended = extend(link, lease, how, attempt) => extended,
+            () = stop.cancelled() => return Kept::Stopped,
+        };
+        match extended {
+            Ok(new) => {
+                debug!(link = %link.name, ?how, address = %new.address, "DHCP lease extended");
+                return Kept::Extended(new);
+            }
+            Err(err) => {
+                debug!(link = %link.name, ?how, error = %err, "DHCP lease not extended yet");
+                let now = Instant::now();
+                let left = lease.phase_ends(now).saturating_duration_since(now);
+                let pause = (left / 2).max(EXTEND_PAUSE).min(left);
+                if sleep_or_stop(stop, pause).await {
+                    return Kept::Stopped;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a link's lease and posts it on `board`: acquires (retrying forever with a
+/// pause), holds it through renewal and rebinding, and when it ends unextended posts
+/// its loss (the reconciler removes the address) and acquires anew. Returns only
+/// when `stop` fires; the lease stays posted then (the node is going down).
+pub async fn maintain(link: Link, first: Option<Lease>, board: LeaseBoard, stop: CancellationToken) {
     let mut lease = first;
     loop {
         let current = match lease.take() {
             Some(lease) => lease,
             None => match acquire(&link, Duration::from_secs(30)).await {
                 Ok(new) => {
-                    if let Err(err) = apply(&netlink, &link, &new).await {
-                        warn!(link = %link.name, error = %err, "cannot apply the DHCP lease");
-                    }
+                    info!(link = %link.name, address = %new.address, router = ?new.router, lifetime_s = new.lifetime.as_secs(), "DHCP lease acquired");
                     new
                 }
                 Err(err) => {
@@ -342,17 +597,14 @@ pub async fn maintain(netlink: Netlink, link: Link, first: Option<Lease>, stop: 
                 }
             },
         };
-        if sleep_or_stop(&stop, current.lifetime / 2).await {
-            return;
-        }
-        match renew(&link, &current, Duration::from_secs(10)).await {
-            Ok(renewed) => {
-                debug!(link = %link.name, address = %renewed.address, "DHCP lease renewed");
-                lease = Some(renewed);
+        board.post(&link.name, Some(current.clone()));
+        match keep(&link, &current, &stop).await {
+            Kept::Extended(new) => lease = Some(new),
+            Kept::Expired => {
+                warn!(link = %link.name, address = %current.address, "DHCP lease expired unextended; its address goes");
+                board.post(&link.name, None);
             }
-            Err(err) => {
-                warn!(link = %link.name, error = %err, "DHCP renewal failed; acquiring anew")
-            }
+            Kept::Stopped => return,
         }
     }
 }
@@ -394,5 +646,72 @@ mod tests {
         assert_eq!(lease.dns, [Ipv4Addr::new(10, 0, 2, 3)]);
         assert_eq!(lease.lifetime, Duration::from_secs(86400));
         assert_eq!(lease.server, Ipv4Addr::new(10, 0, 2, 2));
+        // T1 and T2 default to a half and seven eighths of the lifetime.
+        assert_eq!(lease.renew_after, Duration::from_secs(43200));
+        assert_eq!(lease.rebind_after, Duration::from_secs(75600));
+        assert_eq!((lease.mtu, lease.hostname.as_deref()), (None, None));
+    }
+
+    fn lease(options: &[DhcpOption]) -> Lease {
+        let mut ack = Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 2, 15),
+            Ipv4Addr::new(10, 0, 2, 2),
+            Ipv4Addr::UNSPECIFIED,
+            &[0x52, 0x54, 0, 0, 0, 1],
+        );
+        ack.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Ack));
+        for option in options {
+            ack.opts_mut().insert(option.clone());
+        }
+        lease_of(&Message::from_bytes(&ack.to_vec().unwrap()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn server_timers_mtu_and_hostname_are_taken_and_kept_in_order() {
+        let lease = lease(&[
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::Renewal(30),
+            DhcpOption::Rebinding(60),
+            DhcpOption::InterfaceMtu(1400),
+            DhcpOption::Hostname("node-7".into()),
+        ]);
+        assert_eq!(lease.renew_after, Duration::from_secs(30));
+        assert_eq!(lease.rebind_after, Duration::from_secs(60));
+        assert_eq!(lease.mtu, Some(1400));
+        assert_eq!(lease.hostname.as_deref(), Some("node-7"));
+        // Timers past the lifetime, or T1 after T2, are pulled back in.
+        let odd = lease(&[
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::Renewal(90),
+            DhcpOption::Rebinding(500),
+            DhcpOption::InterfaceMtu(20),
+        ]);
+        assert_eq!(odd.rebind_after, Duration::from_secs(100));
+        assert_eq!(odd.renew_after, Duration::from_secs(90));
+        assert_eq!(odd.mtu, None, "an MTU under 68 is ignored");
+    }
+
+    #[test]
+    fn a_lease_goes_bound_renewing_rebinding_expired() {
+        let lease = lease(&[
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::Renewal(50),
+            DhcpOption::Rebinding(80),
+        ]);
+        let at = |secs| lease.obtained + Duration::from_secs(secs);
+        assert_eq!(lease.phase(at(0)), LeasePhase::Bound);
+        assert_eq!(lease.phase_ends(at(0)), at(50));
+        assert_eq!(lease.phase(at(50)), LeasePhase::Renewing);
+        assert_eq!(lease.phase_ends(at(60)), at(80));
+        assert_eq!(lease.phase(at(80)), LeasePhase::Rebinding);
+        assert_eq!(lease.phase_ends(at(99)), at(100));
+        assert_eq!(lease.phase(at(100)), LeasePhase::Expired);
+        // As a spec layer: the address, a default route through the router.
+        let interface = lease.interface("eth1");
+        assert_eq!(interface.addresses, [IpNet::V4("10.0.2.15/24".parse().unwrap())]);
+        assert!(interface.routes.is_empty(), "no router offered");
     }
 }

@@ -19,6 +19,38 @@ use tracing::{info, warn};
 use crate::interfaces::matches;
 use crate::{Link, Netlink, RouteEntry};
 
+/// One interface of the desired network, with where it comes from (problems name it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecItem {
+    /// Where it comes from, e.g. `machine.network.interfaces[1] (eth1)`.
+    pub origin: String,
+    /// What it asks for.
+    pub interface: Interface,
+}
+
+/// The machine config's layer of the spec: its interfaces, in order.
+pub fn config_layer(interfaces: &[Interface]) -> Vec<SpecItem> {
+    interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, interface)| SpecItem {
+            origin: format!("machine.network.interfaces[{i}] ({})", interface.selector),
+            interface: interface.clone(),
+        })
+        .collect()
+}
+
+/// The DHCP layer of the spec: each lease's address, default route and MTU.
+pub fn lease_layer(leases: &BTreeMap<String, crate::dhcp::Lease>) -> Vec<SpecItem> {
+    leases
+        .iter()
+        .map(|(link, lease)| SpecItem {
+            origin: format!("the DHCP lease on {link}"),
+            interface: lease.interface(link),
+        })
+        .collect()
+}
+
 /// An address on a link (by index).
 type AddressKey = (u32, IpNet);
 /// A route: link index, destination, gateway.
@@ -76,9 +108,9 @@ impl Reconciler {
         }
     }
 
-    /// One pass towards `spec` (the machine config's interfaces, in order); the state
-    /// seen afterwards, with what could not be done.
-    pub async fn pass(&mut self, spec: &[Interface]) -> NetworkStatus {
+    /// One pass towards `spec` (its layers, e.g. [`config_layer`] then
+    /// [`lease_layer`]); the state seen afterwards, with what could not be done.
+    pub async fn pass(&mut self, spec: &[SpecItem]) -> NetworkStatus {
         self.passes += 1;
         let mut problems = Vec::new();
         let mut changes = 0u64;
@@ -100,15 +132,14 @@ impl Reconciler {
         let mut wanted_addresses = BTreeSet::new();
         let mut wanted_routes = BTreeSet::new();
         let mut configured_links = BTreeSet::new();
-        for (i, interface) in spec.iter().enumerate() {
-            let place = format!("machine.network.interfaces[{i}] ({})", interface.selector);
+        for SpecItem { origin: place, interface } in spec {
             let Some(link) = links.iter().find(|l| matches(&interface.selector, l)) else {
                 problems.push(format!("{place}: no link matches"));
                 continue;
             };
             configured_links.insert(link.index);
             changes += self
-                .converge_link(&place, link, interface, &routes, &mut problems)
+                .converge_link(place, link, interface, &routes, &mut problems)
                 .await;
             for address in &interface.addresses {
                 wanted_addresses.insert((link.index, *address));

@@ -1,12 +1,15 @@
 //! Host tier (needs root): applies interface specs to real links inside a network
-//! namespace the test creates, and reads the result back from the kernel.
+//! namespace the test creates, and reads the result back from the kernel; the DHCP
+//! client against dnsmasq (acquire, renew, rebind, a lease given up at its end).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::time::Duration;
 
 use cairn_api::machine_config::{Interface, LinkSelector, Route};
+use cairn_net::dhcp::{Extension, Lease, LeaseBoard};
 use cairn_net::netns::NetNamespace;
+use cairn_net::reconcile::{Reconciler, lease_layer};
 use cairn_net::{Netlink, interfaces};
 
 fn namespace() -> NetNamespace {
@@ -156,8 +159,8 @@ fn dhcp_client_gets_and_applies_a_lease_from_a_real_server() {
                 .expect("start dnsmasq (install dnsmasq-base)")
         })
         .expect("server namespace");
-    let _server = ServerGuard(server);
-    client_ns
+    let server = ServerGuard(server);
+    let lease = client_ns
         .run_async(|| async {
             let netlink = Netlink::connect().expect("netlink");
             let client = interfaces::wait_for_link(
@@ -194,10 +197,54 @@ fn dhcp_client_gets_and_applies_a_lease_from_a_real_server() {
                     .any(|r| r.to.prefix_len() == 0 && r.via == Some("10.77.0.1".parse().unwrap())),
                 "default route via the DHCP router: {routes:?}"
             );
-            let renewed = cairn_net::dhcp::renew(&client, &lease, Duration::from_secs(10))
+            // RENEWING (unicast to the server) and REBINDING (broadcast) both extend.
+            for how in [Extension::Renew, Extension::Rebind] {
+                let extended = cairn_net::dhcp::extend(&client, &lease, how, Duration::from_secs(10))
+                    .await
+                    .unwrap_or_else(|e| panic!("{how:?}: {e}"));
+                assert_eq!(extended.address, lease.address, "{how:?}");
+            }
+            lease
+        })
+        .expect("client namespace");
+    // No server any more: a lease whose T1, T2 and end come within seconds is renewed
+    // and rebound in vain, then given up; the reconciler takes its address away.
+    drop(server);
+    client_ns
+        .run_async(|| async {
+            let netlink = Netlink::connect().expect("netlink");
+            let client = netlink.link_named("cairn0").await.unwrap().unwrap();
+            let short = Lease {
+                lifetime: Duration::from_secs(3),
+                renew_after: Duration::from_secs(1),
+                rebind_after: Duration::from_secs(2),
+                obtained: std::time::Instant::now(),
+                ..lease.clone()
+            };
+            let board = LeaseBoard::default();
+            let stop = tokio_util::sync::CancellationToken::new();
+            let keeper = tokio::spawn(cairn_net::dhcp::maintain(
+                client.clone(),
+                Some(short),
+                board.clone(),
+                stop.clone(),
+            ));
+            board.changed().await;
+            assert!(board.leases().contains_key("cairn0"), "posted");
+            let mut reconciler = Reconciler::new(netlink.clone());
+            let status = reconciler.pass(&lease_layer(&board.leases())).await;
+            assert!(status.problems.is_empty(), "{:?}", status.problems);
+            tokio::time::timeout(Duration::from_secs(20), board.changed())
                 .await
-                .expect("renewal");
-            assert_eq!(renewed.address, lease.address);
+                .expect("the lease given up at its end");
+            assert!(board.leases().is_empty(), "{board:?}");
+            reconciler.pass(&lease_layer(&board.leases())).await;
+            let addresses = netlink.addresses(&client).await.unwrap();
+            assert!(!addresses.contains(&ipnet::IpNet::V4(lease.address)), "{addresses:?}");
+            let routes = netlink.routes().await.unwrap();
+            assert!(!routes.iter().any(|r| r.to.prefix_len() == 0 && r.link_index == Some(client.index)), "{routes:?}");
+            stop.cancel();
+            keeper.await.unwrap();
         })
         .expect("client namespace");
 }

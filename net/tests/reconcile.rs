@@ -13,11 +13,15 @@ use cairn_api::machine_config::{Interface, LinkSelector, Route};
 use cairn_net::Netlink;
 use cairn_net::monitor::ChangeMonitor;
 use cairn_net::netns::NetNamespace;
-use cairn_net::reconcile::Reconciler;
+use cairn_net::reconcile::{Reconciler, SpecItem, config_layer};
 use ipnet::IpNet;
 use tokio::sync::watch;
 
-fn spec() -> Vec<Interface> {
+fn spec() -> Vec<SpecItem> {
+    config_layer(&interfaces())
+}
+
+fn interfaces() -> Vec<Interface> {
     vec![Interface {
         selector: LinkSelector::Name("cn0".into()),
         addresses: vec![
@@ -115,7 +119,7 @@ fn the_reconciler_converges_repairs_drift_and_removes_only_its_own() {
             )
             .await
             .unwrap();
-        let mut smaller = spec();
+        let mut smaller = interfaces();
         smaller[0].routes.clear();
         smaller[0].addresses.truncate(1);
         // And a second interface that does not exist is reported by its path.
@@ -127,7 +131,7 @@ fn the_reconciler_converges_repairs_drift_and_removes_only_its_own() {
             routes: vec![],
         });
         status_rx.borrow_and_update();
-        spec_tx.send_replace(smaller);
+        spec_tx.send_replace(config_layer(&smaller));
         let status = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 status_rx.changed().await.unwrap();

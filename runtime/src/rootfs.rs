@@ -51,6 +51,9 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     root: PathBuf,
+    /// Held while a layer is unpacked: pods starting together from one image would
+    /// otherwise unpack the same layer into one temporary directory at once.
+    unpacking: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl LayerCache {
@@ -60,6 +63,7 @@ impl LayerCache {
         std::fs::create_dir_all(root.join("empty")).map_err(io("creating", root))?;
         Ok(Self {
             root: root.to_owned(),
+            unpacking: std::sync::Arc::default(),
         })
     }
 
@@ -71,6 +75,14 @@ impl LayerCache {
     /// needed (into a temporary directory renamed into place when complete).
     pub fn ensure(&self, blobs: &BlobStore, layer: &Digest) -> Result<PathBuf, RootfsError> {
         let dir = self.dir(layer);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let _unpacking = self
+            .unpacking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another caller may have unpacked it while this one waited.
         if dir.is_dir() {
             return Ok(dir);
         }
@@ -242,5 +254,36 @@ mod tests {
         let lowers = cache.lowers(&blobs, &[]).unwrap();
         assert_eq!(lowers.len(), 1);
         assert!(lowers[0].is_dir());
+    }
+
+    #[test]
+    fn pods_unpacking_one_layer_at_once_each_get_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::open(&dir.path().join("layers")).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let mut layer = tar::Builder::new(Vec::new());
+        for n in 0..300 {
+            let data = vec![b'x'; 4096];
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            layer
+                .append_data(&mut header, format!("bin/file-{n}"), &data[..])
+                .unwrap();
+        }
+        let digest = blobs.put_bytes(&layer.into_inner().unwrap(), None).unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    let unpacked = cache.ensure(&blobs, &digest).unwrap();
+                    let files = std::fs::read_dir(unpacked.join("bin")).unwrap().count();
+                    assert_eq!(files, 300, "a caller got a partly unpacked layer");
+                });
+            }
+        });
     }
 }

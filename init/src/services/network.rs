@@ -10,7 +10,8 @@ use std::time::Duration;
 use cairn_api::machine_api::NetworkStatus;
 use cairn_net::Netlink;
 use cairn_net::monitor::ChangeMonitor;
-use cairn_net::reconcile::Reconciler;
+use cairn_net::dhcp::LeaseBoard;
+use cairn_net::reconcile::{Reconciler, config_layer, lease_layer};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::{info, warn};
@@ -47,13 +48,58 @@ impl NetworkHandle {
 /// The service.
 pub struct NetworkService {
     config: Arc<ConfigManager>,
+    leases: LeaseBoard,
     handle: NetworkHandle,
 }
 
 impl NetworkService {
-    /// A service keeping `config`'s network in place and publishing to `handle`.
-    pub fn new(config: Arc<ConfigManager>, handle: NetworkHandle) -> Self {
-        Self { config, handle }
+    /// A service keeping `config`'s network and the `leases` in place and publishing
+    /// to `handle`.
+    pub fn new(config: Arc<ConfigManager>, leases: LeaseBoard, handle: NetworkHandle) -> Self {
+        Self {
+            config,
+            leases,
+            handle,
+        }
+    }
+}
+
+/// What the leases gave the node last (so it is written once per change).
+#[derive(Default)]
+struct FromLeases {
+    dns: Vec<std::net::IpAddr>,
+    hostname: Option<String>,
+}
+
+impl FromLeases {
+    /// Hands the leases' DNS servers and host name to the system where the config
+    /// names none.
+    fn apply(
+        &mut self,
+        config: &cairn_api::MachineConfig,
+        leases: &std::collections::BTreeMap<String, cairn_net::dhcp::Lease>,
+    ) {
+        let dns: Vec<std::net::IpAddr> = leases
+            .values()
+            .flat_map(|l| l.dns.iter().map(|d| std::net::IpAddr::V4(*d)))
+            .collect();
+        if config.nameservers().is_empty() && !dns.is_empty() && dns != self.dns {
+            match crate::live::write_resolvers(&dns) {
+                Ok(()) => info!(servers = ?dns, "resolvers from DHCP"),
+                Err(err) => warn!(error = %err, "resolvers from DHCP not written"),
+            }
+            self.dns = dns;
+        }
+        let hostname = leases.values().find_map(|l| l.hostname.clone());
+        if config.machine.hostname.is_none() && hostname.is_some() && hostname != self.hostname {
+            if let Some(name) = &hostname {
+                match nix::unistd::sethostname(name) {
+                    Ok(()) => info!(hostname = %name, "hostname from DHCP"),
+                    Err(err) => warn!(error = %err, "hostname from DHCP not set"),
+                }
+            }
+            self.hostname = hostname;
+        }
     }
 }
 
@@ -64,6 +110,7 @@ impl Service for NetworkService {
 
     fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
         let config = Arc::clone(&self.config);
+        let leases = self.leases.clone();
         let handle = self.handle.clone();
         async move {
             let netlink = Netlink::connect()
@@ -72,10 +119,15 @@ impl Service for NetworkService {
                 .map_err(|e| ServiceError::failed("cannot subscribe to network changes", e))?;
             let mut reconciler = Reconciler::new(netlink);
             let mut said: Vec<String> = Vec::new();
+            let mut from_leases = FromLeases::default();
             info!("reconciling the network");
             loop {
-                let spec = config.current().await.interfaces().unwrap_or_default();
+                let running = config.current().await;
+                let held = leases.leases();
+                let mut spec = config_layer(&running.interfaces().unwrap_or_default());
+                spec.extend(lease_layer(&held));
                 let status = reconciler.pass(&spec).await;
+                from_leases.apply(&running, &held);
                 if status.problems != said {
                     for problem in &status.problems {
                         warn!(%problem, "network not as configured");
@@ -94,6 +146,7 @@ impl Service for NetworkService {
                         }
                         tokio::time::sleep(SETTLE).await;
                     }
+                    () = leases.changed() => {}
                     () = tokio::time::sleep(RESYNC_EVERY) => {}
                 }
             }
