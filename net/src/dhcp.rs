@@ -578,7 +578,12 @@ async fn keep(link: &Link, lease: &Lease, stop: &CancellationToken) -> Kept {
 /// pause), holds it through renewal and rebinding, and when it ends unextended posts
 /// its loss (the reconciler removes the address) and acquires anew. Returns only
 /// when `stop` fires; the lease stays posted then (the node is going down).
-pub async fn maintain(link: Link, first: Option<Lease>, board: LeaseBoard, stop: CancellationToken) {
+pub async fn maintain(
+    link: Link,
+    first: Option<Lease>,
+    board: LeaseBoard,
+    stop: CancellationToken,
+) {
     let mut lease = first;
     loop {
         let current = match lease.take() {
@@ -652,7 +657,7 @@ mod tests {
         assert_eq!((lease.mtu, lease.hostname.as_deref()), (None, None));
     }
 
-    fn lease(options: &[DhcpOption]) -> Lease {
+    fn lease_with(options: &[DhcpOption]) -> Lease {
         let mut ack = Message::new_with_id(
             7,
             Ipv4Addr::UNSPECIFIED,
@@ -671,7 +676,7 @@ mod tests {
 
     #[test]
     fn server_timers_mtu_and_hostname_are_taken_and_kept_in_order() {
-        let lease = lease(&[
+        let lease = lease_with(&[
             DhcpOption::AddressLeaseTime(100),
             DhcpOption::Renewal(30),
             DhcpOption::Rebinding(60),
@@ -683,7 +688,7 @@ mod tests {
         assert_eq!(lease.mtu, Some(1400));
         assert_eq!(lease.hostname.as_deref(), Some("node-7"));
         // Timers past the lifetime, or T1 after T2, are pulled back in.
-        let odd = lease(&[
+        let odd = lease_with(&[
             DhcpOption::AddressLeaseTime(100),
             DhcpOption::Renewal(90),
             DhcpOption::Rebinding(500),
@@ -696,7 +701,7 @@ mod tests {
 
     #[test]
     fn a_lease_goes_bound_renewing_rebinding_expired() {
-        let lease = lease(&[
+        let lease = lease_with(&[
             DhcpOption::AddressLeaseTime(100),
             DhcpOption::Renewal(50),
             DhcpOption::Rebinding(80),
@@ -711,7 +716,10 @@ mod tests {
         assert_eq!(lease.phase(at(100)), LeasePhase::Expired);
         // As a spec layer: the address, a default route through the router.
         let interface = lease.interface("eth1");
-        assert_eq!(interface.addresses, [IpNet::V4("10.0.2.15/24".parse().unwrap())]);
+        assert_eq!(
+            interface.addresses,
+            [IpNet::V4("10.0.2.15/24".parse().unwrap())]
+        );
         assert!(interface.routes.is_empty(), "no router offered");
     }
 }

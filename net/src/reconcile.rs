@@ -132,7 +132,11 @@ impl Reconciler {
         let mut wanted_addresses = BTreeSet::new();
         let mut wanted_routes = BTreeSet::new();
         let mut configured_links = BTreeSet::new();
-        for SpecItem { origin: place, interface } in spec {
+        for SpecItem {
+            origin: place,
+            interface,
+        } in spec
+        {
             let Some(link) = links.iter().find(|l| matches(&interface.selector, l)) else {
                 problems.push(format!("{place}: no link matches"));
                 continue;

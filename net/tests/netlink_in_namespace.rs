@@ -199,9 +199,10 @@ fn dhcp_client_gets_and_applies_a_lease_from_a_real_server() {
             );
             // RENEWING (unicast to the server) and REBINDING (broadcast) both extend.
             for how in [Extension::Renew, Extension::Rebind] {
-                let extended = cairn_net::dhcp::extend(&client, &lease, how, Duration::from_secs(10))
-                    .await
-                    .unwrap_or_else(|e| panic!("{how:?}: {e}"));
+                let extended =
+                    cairn_net::dhcp::extend(&client, &lease, how, Duration::from_secs(10))
+                        .await
+                        .unwrap_or_else(|e| panic!("{how:?}: {e}"));
                 assert_eq!(extended.address, lease.address, "{how:?}");
             }
             lease
@@ -240,9 +241,17 @@ fn dhcp_client_gets_and_applies_a_lease_from_a_real_server() {
             assert!(board.leases().is_empty(), "{board:?}");
             reconciler.pass(&lease_layer(&board.leases())).await;
             let addresses = netlink.addresses(&client).await.unwrap();
-            assert!(!addresses.contains(&ipnet::IpNet::V4(lease.address)), "{addresses:?}");
+            assert!(
+                !addresses.contains(&ipnet::IpNet::V4(lease.address)),
+                "{addresses:?}"
+            );
             let routes = netlink.routes().await.unwrap();
-            assert!(!routes.iter().any(|r| r.to.prefix_len() == 0 && r.link_index == Some(client.index)), "{routes:?}");
+            assert!(
+                !routes
+                    .iter()
+                    .any(|r| r.to.prefix_len() == 0 && r.link_index == Some(client.index)),
+                "{routes:?}"
+            );
             stop.cancel();
             keeper.await.unwrap();
         })

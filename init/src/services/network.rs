@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use cairn_api::machine_api::NetworkStatus;
 use cairn_net::Netlink;
-use cairn_net::monitor::ChangeMonitor;
 use cairn_net::dhcp::LeaseBoard;
+use cairn_net::monitor::ChangeMonitor;
 use cairn_net::reconcile::{Reconciler, config_layer, lease_layer};
 use futures::FutureExt;
 use futures::future::BoxFuture;
