@@ -14,3 +14,16 @@ pub mod remote_command;
 pub mod tls;
 
 pub use machine_config::{ConfigError, FieldError, MachineConfig};
+
+/// An error and its sources on one line (`outer: inner: innermost`), for messages
+/// and logs that must say the whole reason.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

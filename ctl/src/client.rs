@@ -90,18 +90,6 @@ fn tls_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-/// An error and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(current) = cause {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        cause = current.source();
-    }
-    text
-}
-
 fn problems(list: &[String]) -> String {
     list.iter().map(|p| format!("\n  - {p}")).collect()
 }
@@ -284,7 +272,7 @@ impl NodeClient {
             // read: an alert from the server somewhere in the error's causes.
             match tls_alert(&e) {
                 Some(alert) => self.tls_error(&std::io::Error::other(alert)),
-                None => self.protocol(chain(&e)),
+                None => self.protocol(cairn_api::error_chain(&e)),
             }
         })?;
         if response.status().is_success() || response.status() == StatusCode::SWITCHING_PROTOCOLS {

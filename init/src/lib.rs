@@ -41,14 +41,4 @@ pub mod state_disk;
 pub mod supervisor;
 pub mod sys;
 
-/// An error and its causes, joined by `: ` (the one place error chains are flattened).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use cairn_api::error_chain;

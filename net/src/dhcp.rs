@@ -26,6 +26,17 @@ use crate::{Link, NetError, Netlink};
 
 const CLIENT_PORT: u16 = 68;
 const SERVER_PORT: u16 = 67;
+/// The options every request asks the server for.
+const REQUESTED_OPTIONS: [OptionCode; 8] = [
+    OptionCode::SubnetMask,
+    OptionCode::Router,
+    OptionCode::DomainNameServer,
+    OptionCode::AddressLeaseTime,
+    OptionCode::Renewal,
+    OptionCode::Rebinding,
+    OptionCode::InterfaceMtu,
+    OptionCode::Hostname,
+];
 /// How long one exchange waits for an answer before sending again.
 const RETRANSMIT: Duration = Duration::from_secs(2);
 
@@ -230,16 +241,7 @@ fn request_message(
     message.set_flags(Flags::default().set_broadcast());
     let options = message.opts_mut();
     options.insert(DhcpOption::MessageType(kind));
-    options.insert(DhcpOption::ParameterRequestList(vec![
-        OptionCode::SubnetMask,
-        OptionCode::Router,
-        OptionCode::DomainNameServer,
-        OptionCode::AddressLeaseTime,
-        OptionCode::Renewal,
-        OptionCode::Rebinding,
-        OptionCode::InterfaceMtu,
-        OptionCode::Hostname,
-    ]));
+    options.insert(DhcpOption::ParameterRequestList(REQUESTED_OPTIONS.to_vec()));
     if let Some((address, server)) = offer {
         options.insert(DhcpOption::RequestedIpAddress(address));
         if let Some(server) = server {
@@ -469,16 +471,7 @@ pub async fn extend(
     message.set_opcode(Opcode::BootRequest);
     let options = message.opts_mut();
     options.insert(DhcpOption::MessageType(MessageType::Request));
-    options.insert(DhcpOption::ParameterRequestList(vec![
-        OptionCode::SubnetMask,
-        OptionCode::Router,
-        OptionCode::DomainNameServer,
-        OptionCode::AddressLeaseTime,
-        OptionCode::Renewal,
-        OptionCode::Rebinding,
-        OptionCode::InterfaceMtu,
-        OptionCode::Hostname,
-    ]));
+    options.insert(DhcpOption::ParameterRequestList(REQUESTED_OPTIONS.to_vec()));
     let server = match how {
         Extension::Renew => lease.server,
         Extension::Rebind => Ipv4Addr::BROADCAST,
@@ -628,24 +621,12 @@ mod tests {
 
     #[test]
     fn ack_options_become_a_lease() {
-        let mut ack = Message::new_with_id(
-            7,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::new(10, 0, 2, 15),
-            Ipv4Addr::new(10, 0, 2, 2),
-            Ipv4Addr::UNSPECIFIED,
-            &[0x52, 0x54, 0, 0, 0, 1],
-        );
-        let options = ack.opts_mut();
-        options.insert(DhcpOption::MessageType(MessageType::Ack));
-        options.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
-        options.insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]));
-        options.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
-            10, 0, 2, 3,
-        )]));
-        options.insert(DhcpOption::AddressLeaseTime(86400));
-        let bytes = ack.to_vec().unwrap();
-        let lease = lease_of(&Message::from_bytes(&bytes).unwrap()).unwrap();
+        let lease = lease_with(&[
+            DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
+            DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]),
+            DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 2, 3)]),
+            DhcpOption::AddressLeaseTime(86400),
+        ]);
         assert_eq!(lease.address.to_string(), "10.0.2.15/24");
         assert_eq!(lease.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(lease.dns, [Ipv4Addr::new(10, 0, 2, 3)]);
@@ -657,6 +638,7 @@ mod tests {
         assert_eq!((lease.mtu, lease.hostname.as_deref()), (None, None));
     }
 
+    /// The lease of an ACK for 10.0.2.15 from 10.0.2.2 carrying `options`.
     fn lease_with(options: &[DhcpOption]) -> Lease {
         let mut ack = Message::new_with_id(
             7,

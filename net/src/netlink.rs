@@ -269,17 +269,7 @@ impl Netlink {
     /// Installs (or replaces) a route to `to` through the gateway `via`, marked with
     /// [`CAIRN_ROUTE_PROTOCOL`]; the kernel picks the link that reaches `via`.
     pub async fn replace_gateway_route(&self, to: IpNet, via: IpAddr) -> Result<(), NetError> {
-        let invalid = |reason: String| NetError::InvalidRoute {
-            to: to.to_string(),
-            reason,
-        };
-        let message = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(to.addr(), to.prefix_len())
-            .map_err(|e| invalid(e.to_string()))?
-            .gateway(via)
-            .map_err(|e| invalid(e.to_string()))?
-            .protocol(RouteProtocol::Other(CAIRN_ROUTE_PROTOCOL))
-            .build();
+        let message = gateway_route(to, via)?;
         self.handle
             .route()
             .add(message)
@@ -292,17 +282,7 @@ impl Netlink {
     /// Removes a route Cairn installed with [`Netlink::replace_gateway_route`]; one
     /// that is already gone is not an error.
     pub async fn del_gateway_route(&self, to: IpNet, via: IpAddr) -> Result<(), NetError> {
-        let invalid = |reason: String| NetError::InvalidRoute {
-            to: to.to_string(),
-            reason,
-        };
-        let message = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(to.addr(), to.prefix_len())
-            .map_err(|e| invalid(e.to_string()))?
-            .gateway(via)
-            .map_err(|e| invalid(e.to_string()))?
-            .protocol(RouteProtocol::Other(CAIRN_ROUTE_PROTOCOL))
-            .build();
+        let message = gateway_route(to, via)?;
         match self.handle.route().del(message).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
@@ -565,6 +545,25 @@ impl Netlink {
         }
         Ok(entries)
     }
+}
+
+/// The message of a pod network route: `to` through the gateway `via`, marked with
+/// [`CAIRN_ROUTE_PROTOCOL`].
+fn gateway_route(
+    to: IpNet,
+    via: IpAddr,
+) -> Result<netlink_packet_route::route::RouteMessage, NetError> {
+    let invalid = |reason: String| NetError::InvalidRoute {
+        to: to.to_string(),
+        reason,
+    };
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(to.addr(), to.prefix_len())
+        .map_err(|e| invalid(e.to_string()))?
+        .gateway(via)
+        .map_err(|e| invalid(e.to_string()))?
+        .protocol(RouteProtocol::Other(CAIRN_ROUTE_PROTOCOL))
+        .build())
 }
 
 fn request(operation: impl Into<String>, source: rtnetlink::Error) -> NetError {

@@ -235,6 +235,27 @@ impl PodNetworkSlot {
     }
 }
 
+/// Gives the pod's end of its pair (through `inside`, a netlink connection in the
+/// pod's namespace) its address, sets it up and routes everything through the
+/// gateway; each step is idempotent.
+async fn configure_pod_end(
+    inside: &Netlink,
+    eth0: &Link,
+    interface: &PodInterface,
+) -> Result<(), NetError> {
+    inside
+        .add_address(eth0, IpNet::V4(interface.address))
+        .await?;
+    inside.set_up(eth0).await?;
+    inside
+        .add_route(
+            eth0,
+            IpNet::V4(Ipv4Net::default()),
+            Some(IpAddr::V4(interface.gateway)),
+        )
+        .await
+}
+
 /// Runs `f` in the network namespace `namespace` (on a thread that enters it), or
 /// right here when `None`.
 fn in_namespace<R: Send>(
@@ -391,12 +412,32 @@ impl PodNetwork {
         namespace: &File,
         address: Ipv4Addr,
     ) -> Result<PodInterface, PodNetworkError> {
-        let host_link = host_link_name(owner);
-        if let Some(stale) = self.netlink.link_named(&host_link).await? {
-            // A pair left by an earlier attach: its pod end goes with it.
-            self.netlink.delete_link(&stale).await?;
-        }
+        let interface = PodInterface {
+            address: Ipv4Net::new(address, self.config.pod_cidr.prefix_len())
+                .unwrap_or(self.config.pod_cidr),
+            gateway: crate::ipam::gateway(self.config.pod_cidr),
+            host_link: host_link_name(owner),
+        };
         let inside = Netlink::connect_in(namespace.as_fd())?;
+        if let Some(existing) = self.netlink.link_named(&interface.host_link).await? {
+            // Attached before (the runtime restarted): a whole pair stays, so the
+            // pod's connections do not notice.
+            if let Some(eth0) = inside.link_named(POD_INTERFACE).await?
+                && inside
+                    .addresses(&eth0)
+                    .await?
+                    .contains(&IpNet::V4(interface.address))
+            {
+                if !existing.up {
+                    self.netlink.set_up(&existing).await?;
+                }
+                configure_pod_end(&inside, &eth0, &interface).await?;
+                debug!(owner, address = %interface.address, "pod still attached");
+                return Ok(interface);
+            }
+            // A pair left half made: its pod end goes with it.
+            self.netlink.delete_link(&existing).await?;
+        }
         if inside.link_named(POD_INTERFACE).await?.is_some() {
             // The end of a pair this pod had, retired but not deleted yet.
             self.settle().await;
@@ -408,7 +449,7 @@ impl PodNetwork {
         }
         self.netlink
             .add_veth_to_namespace(
-                &host_link,
+                &interface.host_link,
                 &self.bridge,
                 POD_INTERFACE,
                 namespace.as_fd(),
@@ -420,23 +461,7 @@ impl PodNetwork {
                 path: netns.to_owned(),
             }
         })?;
-        let prefix = self.config.pod_cidr.prefix_len();
-        let interface = PodInterface {
-            address: Ipv4Net::new(address, prefix).unwrap_or(self.config.pod_cidr),
-            gateway: crate::ipam::gateway(self.config.pod_cidr),
-            host_link,
-        };
-        inside
-            .add_address(&eth0, IpNet::V4(interface.address))
-            .await?;
-        inside.set_up(&eth0).await?;
-        inside
-            .add_route(
-                &eth0,
-                IpNet::V4(Ipv4Net::default()),
-                Some(IpAddr::V4(interface.gateway)),
-            )
-            .await?;
+        configure_pod_end(&inside, &eth0, &interface).await?;
         debug!(owner, address = %interface.address, link = %interface.host_link, "pod attached");
         Ok(interface)
     }

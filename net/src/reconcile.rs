@@ -66,17 +66,7 @@ pub struct Reconciler {
     repairs: u64,
 }
 
-/// An error with its sources, one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use cairn_api::error_chain as chain;
 
 fn protocol_name(protocol: u8) -> String {
     match protocol {

@@ -167,7 +167,12 @@ fn pods_reach_each_other_and_the_outside_world_through_the_node() {
     assert_eq!(seen, "192.0.2.1");
 
     // Detach: the pair goes and the address is free; a second start over the same
-    // state keeps b's address, and attaching b again keeps it too.
+    // state keeps b's address, and attaching b again (a restarted runtime) keeps it
+    // and its pair too.
+    let b_link = links(&node)
+        .into_iter()
+        .find(|l| l.name == b.host_link)
+        .expect("b's pair");
     let (path_b, config2) = (pod_b.path(), config.clone());
     let (attached, again) = node
         .run_async(|| async move {
@@ -187,6 +192,14 @@ fn pods_reach_each_other_and_the_outside_world_through_the_node() {
     let names: Vec<String> = links(&node).into_iter().map(|l| l.name).collect();
     assert!(!names.contains(&host_link_name("pod-a")), "{names:?}");
     assert!(names.contains(&host_link_name("pod-b")), "{names:?}");
+    let b_link_again = links(&node)
+        .into_iter()
+        .find(|l| l.name == b.host_link)
+        .expect("b's pair");
+    assert_eq!(
+        b_link_again.index, b_link.index,
+        "the same pair, not a new one"
+    );
     assert!(
         links(&pod_a).iter().all(|l| l.name != "eth0"),
         "a's end went with the pair"

@@ -47,6 +47,29 @@ pub fn node(
     config
 }
 
+/// Control-plane configs for VMs at `addresses` (`cp-1`, `cp-2`, … with the address
+/// on eth0 and the management NIC on DHCP), each naming all of them as the cluster's
+/// control planes.
+pub fn control_planes(secrets: &Secrets, addresses: &[&str]) -> Vec<MachineConfig> {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, address)| {
+            let mut config = node(
+                secrets,
+                &format!("cp-{}", i + 1),
+                &format!("{address}/24"),
+                true,
+                false,
+            );
+            if let Some(cluster) = config.cluster.as_mut() {
+                cluster.control_planes = addresses.iter().map(|a| (*a).to_owned()).collect();
+            }
+            config
+        })
+        .collect()
+}
+
 /// The config as YAML.
 pub fn yaml(config: &MachineConfig) -> String {
     match config.to_yaml() {

@@ -36,6 +36,28 @@ fn has_route(status: &NetworkStatus, to: &str) -> bool {
     status.routes.iter().any(|r| r.to == to && r.configured)
 }
 
+/// Polls `GET /v1/network` until `done` holds for the status, failing after
+/// `within` with the last one.
+async fn status_until(
+    reader: &NodeClient,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&NetworkStatus) -> bool,
+) -> NetworkStatus {
+    eventually(what, within, || async {
+        let status: NetworkStatus = reader
+            .get(paths::NETWORK)
+            .await
+            .map_err(|e| e.to_string())?;
+        if done(&status) {
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await
+}
+
 #[test]
 #[ignore = "boots QEMU: run by cargo xtask test"]
 fn drift_is_repaired_and_a_try_that_cuts_the_node_off_is_rolled_back() {
@@ -72,17 +94,8 @@ fn drift_is_repaired_and_a_try_that_cuts_the_node_off_is_rolled_back() {
             let admin = NodeClient::new(&address, &configs::client(&secrets, Role::Admin)).unwrap();
             let reader =
                 NodeClient::new(&address, &configs::client(&secrets, Role::Reader)).unwrap();
-            let status: NetworkStatus = eventually("the network status", BOOT, || async {
-                let status: NetworkStatus = reader
-                    .get(paths::NETWORK)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if has_address(&status, "eth0", "10.5.0.2/24") && has_route(&status, "10.77.0.0/16")
-                {
-                    Ok(status)
-                } else {
-                    Err(format!("{status:?}"))
-                }
+            let status = status_until(&reader, "the network status", BOOT, |status| {
+                has_address(status, "eth0", "10.5.0.2/24") && has_route(status, "10.77.0.0/16")
             })
             .await;
             assert!(status.problems.is_empty(), "{:?}", status.problems);
@@ -111,21 +124,11 @@ fn drift_is_repaired_and_a_try_that_cuts_the_node_off_is_rolled_back() {
                     common::exec_capture(&admin, "netadmin", &["sh", "-c", command], false).await;
                 assert_eq!(code, 0, "{command}: {out}");
                 // Repaired: a repair counted since, and everything back.
-                let repaired: NetworkStatus = eventually(command, STEP, || async {
-                    let status: NetworkStatus = reader
-                        .get(paths::NETWORK)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let eth0_up = status.links.iter().any(|l| l.name == "eth0" && l.up);
-                    if status.repairs > repairs
-                        && eth0_up
-                        && has_address(&status, "eth0", "10.5.0.2/24")
-                        && has_route(&status, "10.77.0.0/16")
-                    {
-                        Ok(status)
-                    } else {
-                        Err(format!("not repaired: {status:?}"))
-                    }
+                let repaired = status_until(&reader, command, STEP, |status| {
+                    status.repairs > repairs
+                        && status.links.iter().any(|l| l.name == "eth0" && l.up)
+                        && has_address(status, "eth0", "10.5.0.2/24")
+                        && has_route(status, "10.77.0.0/16")
                 })
                 .await;
                 repairs = repaired.repairs;
@@ -147,16 +150,8 @@ fn drift_is_repaired_and_a_try_that_cuts_the_node_off_is_rolled_back() {
                 )
                 .await
                 .unwrap();
-            let _: NetworkStatus = eventually("the new address configured", STEP, || async {
-                let status: NetworkStatus = reader
-                    .get(paths::NETWORK)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if has_address(&status, "eth0", "10.5.0.12/24") {
-                    Ok(status)
-                } else {
-                    Err(format!("{status:?}"))
-                }
+            status_until(&reader, "the new address configured", STEP, |status| {
+                has_address(status, "eth0", "10.5.0.12/24")
             })
             .await;
 
@@ -199,16 +194,8 @@ fn drift_is_repaired_and_a_try_that_cuts_the_node_off_is_rolled_back() {
             let reader =
                 NodeClient::new(&address, &configs::client(&secrets, Role::Reader)).unwrap();
             // Reachable again, and the reconciler's view shows the route gone.
-            let status: NetworkStatus = eventually("the node reachable again", STEP, || async {
-                let status: NetworkStatus = reader
-                    .get(paths::NETWORK)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if status.routes.iter().any(|r| r.to == "10.0.2.2/32") {
-                    Err(format!("{status:?}"))
-                } else {
-                    Ok(status)
-                }
+            let status = status_until(&reader, "the node reachable again", STEP, |status| {
+                !status.routes.iter().any(|r| r.to == "10.0.2.2/32")
             })
             .await;
             assert!(

@@ -50,14 +50,11 @@ fn a_pod_on_one_node_reaches_a_pod_on_another_by_its_pod_ip() {
         .expect("cluster (needs root, QEMU and `cargo xtask image`)");
     let secrets = configs::secrets();
     let addresses = ["10.5.0.2", "10.5.0.3", "10.5.0.4"];
-    let vms: Vec<_> = addresses
-        .iter()
+    let vms: Vec<_> = configs::control_planes(&secrets, &addresses)
+        .into_iter()
         .enumerate()
-        .map(|(i, address)| {
+        .map(|(i, mut config)| {
             let name = format!("cp-{}", i + 1);
-            let mut config = configs::node(&secrets, &name, &format!("{address}/24"), true, false);
-            config.cluster.as_mut().unwrap().control_planes =
-                addresses.iter().map(|a| (*a).to_owned()).collect();
             config.machine.pods = vec![server(&format!("web-{}", i + 1))];
             let mut spec = VmSpec::new(&name)
                 .config(&configs::yaml(&config))

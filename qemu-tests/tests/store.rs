@@ -21,19 +21,10 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
             .expect("cluster (needs root, QEMU and `cargo xtask image`)");
     let secrets = configs::secrets();
     let addresses = ["10.5.0.2", "10.5.0.3", "10.5.0.4"];
-    let vms: Vec<_> = addresses
-        .iter()
+    let vms: Vec<_> = configs::control_planes(&secrets, &addresses)
+        .into_iter()
         .enumerate()
-        .map(|(i, address)| {
-            let mut config = configs::node(
-                &secrets,
-                &format!("cp-{}", i + 1),
-                &format!("{address}/24"),
-                true,
-                false,
-            );
-            config.cluster.as_mut().unwrap().control_planes =
-                addresses.iter().map(|a| (*a).to_owned()).collect();
+        .map(|(i, config)| {
             cluster
                 .start(
                     VmSpec::new(&format!("cp-{}", i + 1))

@@ -31,6 +31,7 @@ use crate::sandbox::Sandbox;
 use crate::shim::{ShimConfig, ShimStatus};
 use crate::spec::{BindMount, SharedNamespaces};
 use crate::volumes::{self, PodSources, PreparedVolume};
+use cairn_api::error_chain;
 use cairn_net::pod_network::PodNetworkSlot;
 
 /// How long a failing container waits before its next start: doubling from
@@ -594,18 +595,6 @@ async fn setup(
             _ = stop_requested(&mut stop) => return Err("stopped before it was set up".into()),
         }
     }
-}
-
-/// An error with its sources, one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn setup_once(

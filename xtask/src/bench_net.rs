@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use cairn_net::netns::NetNamespace;
 use cairn_net::pod_network::{PodNetwork, PodNetworkConfig};
 
-use crate::bench::median;
+use crate::bench::{median, percentile};
 use crate::deps;
 
 /// How many pod namespaces the cycles take turns with.
@@ -26,16 +26,6 @@ const POD_NAMESPACES: usize = 32;
 
 /// Where Debian installs the CNI plugins.
 const CNI_PATH: &str = "/usr/lib/cni";
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 /// The CNI network configuration equivalent to Cairn's pod network.
 fn cni_config(ipam_dir: &Path) -> String {

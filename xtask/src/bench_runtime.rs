@@ -21,6 +21,7 @@ use cairn_runtime::spec::{ContainerPlan, Resources, SeccompProfile, SharedNamesp
 use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 
+use crate::bench::percentile;
 use crate::{build, deps};
 
 /// The cgroup every measured container uses (one at a time).
@@ -28,16 +29,6 @@ const CGROUP: &str = "/cairn-bench/c";
 
 fn median(values: &[f64]) -> f64 {
     crate::bench::median(values.to_vec())
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The spec of the bundle: Cairn's secure defaults, with namespaces of its own (no
