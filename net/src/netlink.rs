@@ -92,26 +92,11 @@ impl Netlink {
     /// talking to that namespace whatever thread uses it.
     pub fn connect_in(namespace: BorrowedFd<'_>) -> Result<Self, NetError> {
         let runtime = tokio::runtime::Handle::current();
-        let (connection, handle) = std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                        |errno| NetError::Namespace {
-                            what: "setns(CLONE_NEWNET) to open a netlink socket",
-                            source: errno.into(),
-                        },
-                    )?;
-                    let _entered = runtime.enter();
-                    let (connection, handle, _) =
-                        rtnetlink::new_connection().map_err(NetError::Connect)?;
-                    Ok::<_, NetError>((connection, handle))
-                })
-                .join()
-                .map_err(|_| NetError::Namespace {
-                    what: "the thread opening a netlink socket in a namespace panicked",
-                    source: std::io::Error::other("panic"),
-                })?
-        })?;
+        let (connection, handle, _) = crate::netns::run_in(namespace, move || {
+            // The socket registers with the caller's runtime, which then drives it.
+            let _entered = runtime.enter();
+            rtnetlink::new_connection().map_err(NetError::Connect)
+        })??;
         tokio::spawn(connection);
         Ok(Self { handle })
     }

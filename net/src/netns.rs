@@ -70,24 +70,7 @@ impl NetNamespace {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let handle = self.handle.as_fd();
-        thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    setns(handle, CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                        NetError::Namespace {
-                            what: "setns(CLONE_NEWNET)",
-                            source: errno.into(),
-                        }
-                    })?;
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| NetError::Namespace {
-                    what: "thread inside the namespace panicked",
-                    source: std::io::Error::other("panic"),
-                })?
-        })
+        run_in(self.handle.as_fd(), f)
     }
 
     /// Like [`NetNamespace::run`], for async code: `f` runs to completion on a
@@ -109,4 +92,31 @@ impl NetNamespace {
             Ok(runtime.block_on(f()))
         })?
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `namespace` (an open
+/// `nsfs` file) and ends afterwards, so no other thread changes namespace. Sockets
+/// opened and processes spawned by `f` belong to that namespace.
+pub fn run_in<F, R>(namespace: std::os::fd::BorrowedFd<'_>, f: F) -> Result<R, NetError>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(namespace, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                    NetError::Namespace {
+                        what: "setns(CLONE_NEWNET)",
+                        source: errno.into(),
+                    }
+                })?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| NetError::Namespace {
+                what: "thread inside the namespace panicked",
+                source: std::io::Error::other("panic"),
+            })?
+    })
 }

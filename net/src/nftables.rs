@@ -291,9 +291,8 @@ fn match_ipv4(writer: &mut MessageWriter, offset: u32, op: u32, net: Ipv4Net) {
         .close();
 }
 
-/// The batch that replaces Cairn's table with one holding `masquerade` (or an empty
-/// table when `None`).
-fn replace_table(masquerade: Option<Masquerade>) -> (Vec<u8>, Vec<(u32, String)>) {
+/// The batch that replaces Cairn's table with one holding `masquerade`.
+fn replace_table(masquerade: Masquerade) -> (Vec<u8>, Vec<(u32, String)>) {
     let mut batch = Batch::new();
     let table = |w: &mut MessageWriter| {
         w.string(NFTA_TABLE_NAME, TABLE);
@@ -317,66 +316,47 @@ fn replace_table(masquerade: Option<Masquerade>) -> (Vec<u8>, Vec<(u32, String)>
         true,
         table,
     );
-    if let Some(masquerade) = masquerade {
-        batch.push(
-            format!("add chain ip {TABLE} {POSTROUTING}"),
-            NFT_MSG_NEWCHAIN,
-            true,
-            |w| {
-                w.string(NFTA_CHAIN_TABLE, TABLE)
-                    .string(NFTA_CHAIN_NAME, POSTROUTING)
-                    .open(NFTA_CHAIN_HOOK)
-                    .be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING)
-                    .be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC)
-                    .close()
-                    .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
-                    .string(NFTA_CHAIN_TYPE, "nat");
-            },
-        );
-        batch.push(
-            format!(
-                "add rule ip {TABLE} {POSTROUTING} ip saddr {} ip daddr != {} masquerade",
-                masquerade.pod_cidr, masquerade.cluster_cidr
-            ),
-            NFT_MSG_NEWRULE,
-            true,
-            |w| {
-                w.string(NFTA_RULE_TABLE, TABLE)
-                    .string(NFTA_RULE_CHAIN, POSTROUTING)
-                    .open(NFTA_RULE_EXPRESSIONS);
-                match_ipv4(w, IPV4_SADDR, NFT_CMP_EQ, masquerade.pod_cidr);
-                match_ipv4(w, IPV4_DADDR, NFT_CMP_NEQ, masquerade.cluster_cidr);
-                w.open(NFTA_LIST_ELEM)
-                    .string(NFTA_EXPR_NAME, "masq")
-                    .close()
-                    .close();
-            },
-        );
-    }
+    batch.push(
+        format!("add chain ip {TABLE} {POSTROUTING}"),
+        NFT_MSG_NEWCHAIN,
+        true,
+        |w| {
+            w.string(NFTA_CHAIN_TABLE, TABLE)
+                .string(NFTA_CHAIN_NAME, POSTROUTING)
+                .open(NFTA_CHAIN_HOOK)
+                .be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING)
+                .be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC)
+                .close()
+                .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+                .string(NFTA_CHAIN_TYPE, "nat");
+        },
+    );
+    batch.push(
+        format!(
+            "add rule ip {TABLE} {POSTROUTING} ip saddr {} ip daddr != {} masquerade",
+            masquerade.pod_cidr, masquerade.cluster_cidr
+        ),
+        NFT_MSG_NEWRULE,
+        true,
+        |w| {
+            w.string(NFTA_RULE_TABLE, TABLE)
+                .string(NFTA_RULE_CHAIN, POSTROUTING)
+                .open(NFTA_RULE_EXPRESSIONS);
+            match_ipv4(w, IPV4_SADDR, NFT_CMP_EQ, masquerade.pod_cidr);
+            match_ipv4(w, IPV4_DADDR, NFT_CMP_NEQ, masquerade.cluster_cidr);
+            w.open(NFTA_LIST_ELEM)
+                .string(NFTA_EXPR_NAME, "masq")
+                .close()
+                .close();
+        },
+    );
     batch.finish()
 }
 
 /// Replaces Cairn's table (in the caller's network namespace) with the pod network's
 /// masquerade rule. Atomic: on error the previous table stays as it was.
 pub fn apply_masquerade(masquerade: Masquerade) -> Result<(), NftError> {
-    let (bytes, operations) = replace_table(Some(masquerade));
-    send_batch(&bytes, &operations)
-}
-
-/// Removes Cairn's table and everything in it (nothing to do when it is absent).
-pub fn remove_table() -> Result<(), NftError> {
-    let (bytes, operations) = replace_table(None);
-    send_batch(&bytes, &operations)?;
-    let mut batch = Batch::new();
-    batch.push(
-        format!("delete table ip {TABLE}"),
-        NFT_MSG_DELTABLE,
-        false,
-        |w| {
-            w.string(NFTA_TABLE_NAME, TABLE);
-        },
-    );
-    let (bytes, operations) = batch.finish();
+    let (bytes, operations) = replace_table(masquerade);
     send_batch(&bytes, &operations)
 }
 
@@ -486,7 +466,7 @@ mod tests {
 
     #[test]
     fn the_batch_is_framed_by_begin_and_end_and_replaces_the_table() {
-        let (bytes, operations) = replace_table(Some(masquerade()));
+        let (bytes, operations) = replace_table(masquerade());
         let messages = messages(&bytes);
         assert_eq!(messages.len(), 7, "begin, 5 operations, end");
         let kind = |m: &Vec<u8>| u16::from_ne_bytes([m[4], m[5]]);
@@ -517,7 +497,7 @@ mod tests {
 
     #[test]
     fn the_rule_matches_source_and_destination_then_masquerades() {
-        let (bytes, _) = replace_table(Some(masquerade()));
+        let (bytes, _) = replace_table(masquerade());
         let rule = &messages(&bytes)[5];
         let top = attributes(&rule[20..]);
         assert_eq!(top[0], (NFTA_RULE_TABLE, b"cairn\0".to_vec()));

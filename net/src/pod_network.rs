@@ -262,28 +262,10 @@ fn in_namespace<R: Send>(
     namespace: Option<BorrowedFd<'_>>,
     f: impl FnOnce() -> Result<R, PodNetworkError> + Send,
 ) -> Result<R, PodNetworkError> {
-    let Some(namespace) = namespace else {
-        return f();
-    };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |errno| NetError::Namespace {
-                        what: "setns(CLONE_NEWNET) for the pod network",
-                        source: errno.into(),
-                    },
-                )?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(PodNetworkError::Net(NetError::Namespace {
-                    what: "the pod network's thread in its namespace panicked",
-                    source: std::io::Error::other("panic"),
-                }))
-            })
-    })
+    match namespace {
+        Some(namespace) => crate::netns::run_in(namespace, f)?,
+        None => f(),
+    }
 }
 
 /// The host end of the veth pair of `owner`: stable across restarts (FNV-1a of the
