@@ -4,15 +4,15 @@
 use time::Duration;
 
 use crate::machine_config::{
-    API_VERSION, CaCerts, CertsSpec, ClusterSpec, InstallSpec, InterfaceConfig, KIND,
-    MachineConfig, MachineSpec, MachineType, NetworkSpec, NodeCerts,
+    API_VERSION, CaCerts, CertsSpec, ClusterSpec, EncryptionKeySpec, InstallSpec, InterfaceConfig,
+    KIND, MachineConfig, MachineSpec, MachineType, NetworkSpec, NodeCerts, SecretsEncryptionSpec,
 };
 use crate::pki::{Ca, CertAndKey, PkiError, Role};
 
 /// How long generated client and node certificates are valid.
 pub const CERT_VALIDITY: Duration = Duration::days(365);
 
-/// A cluster's secrets: its CA and join token.
+/// A cluster's secrets: its CA, join token and secrets encryption key.
 pub struct Secrets {
     /// The cluster name.
     pub cluster_name: String,
@@ -20,6 +20,8 @@ pub struct Secrets {
     pub ca: Ca,
     /// The join token.
     pub token: String,
+    /// The key the API servers encrypt Secrets with (none: derived from the CA key).
+    pub encryption_key: Option<EncryptionKeySpec>,
 }
 
 /// What differs between the machine configs of one cluster.
@@ -46,6 +48,7 @@ impl Secrets {
             cluster_name: name.to_owned(),
             ca: Ca::generate(&format!("{name} cluster CA"))?,
             token: new_token()?,
+            encryption_key: Some(EncryptionKeySpec::generate("key1")?),
         })
     }
 
@@ -55,6 +58,7 @@ impl Secrets {
             cluster_name: name.to_owned(),
             ca,
             token: token.to_owned(),
+            encryption_key: None,
         }
     }
 
@@ -135,6 +139,13 @@ impl Secrets {
                 pod_subnet: None,
                 service_subnet: None,
                 store: None,
+                secrets_encryption: match node.machine_type {
+                    MachineType::Controlplane => self
+                        .encryption_key
+                        .clone()
+                        .map(|key| SecretsEncryptionSpec { keys: vec![key] }),
+                    MachineType::Worker => None,
+                },
             }),
         })
     }

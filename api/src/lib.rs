@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod client_config;
+pub mod kubeconfig;
 pub mod machine_api;
 pub mod machine_config;
 pub mod pki;

@@ -65,6 +65,9 @@ pub mod paths {
     pub const IMAGES: &str = "/v1/images";
     /// The network reconciler's view: links, addresses, routes, problems.
     pub const NETWORK: &str = "/v1/network";
+    /// An admin kubeconfig for the cluster's Kubernetes API (POST, admin only: it
+    /// issues a `system:masters` certificate; control planes only).
+    pub const KUBECONFIG: &str = "/v1/kubeconfig";
 }
 
 /// The least role each call needs.
@@ -91,6 +94,15 @@ pub struct ApiError {
     /// Every problem (validation errors, fields that need a reboot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+/// `POST /v1/kubeconfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeconfigResponse {
+    /// The kubeconfig (YAML).
+    pub kubeconfig: String,
+    /// The API server it points at.
+    pub server: String,
 }
 
 /// `GET /v1/version`.
@@ -418,6 +430,12 @@ pub struct LinkInfo {
     pub up: bool,
     /// Carrier present.
     pub carrier: bool,
+    /// The kind of a virtual link (`bond`, `bridge`, `vlan`, `veth`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The bond or bridge it is a port of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
     /// The machine config names it.
     pub configured: bool,
 }
@@ -461,6 +479,7 @@ mod tests {
     fn roles_per_call() {
         assert_eq!(required_role("GET", paths::MACHINE_CONFIG), Role::Reader);
         assert_eq!(required_role("POST", paths::REBOOT), Role::Operator);
+        assert_eq!(required_role("POST", paths::KUBECONFIG), Role::Admin);
         assert_eq!(
             required_role("POST", "/v1/services/link-monitor/restart"),
             Role::Operator

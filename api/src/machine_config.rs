@@ -222,6 +222,69 @@ pub struct InterfaceConfig {
     /// Also ask DHCP for an address (and a default route and nameservers).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dhcp: bool,
+    /// Makes this interface a bond that Cairn creates over other links (needs `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<BondConfig>,
+    /// Makes this interface a bridge that Cairn creates over other links (needs `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeConfig>,
+    /// VLANs on this link, each a link of its own named `<link>.<vlanId>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<VlanConfig>,
+}
+
+/// An interface's `bond` section: the links it bonds and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BondConfig {
+    /// Names of the links enslaved to the bond.
+    pub interfaces: Vec<String>,
+    /// The bonding mode by its kernel name (`balance-rr`, `active-backup`,
+    /// `balance-xor`, `broadcast`, `802.3ad`, `balance-tlb`, `balance-alb`).
+    pub mode: String,
+    /// Link monitoring interval in milliseconds (the kernel's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miimon: Option<u32>,
+}
+
+/// An interface's `bridge` section: the links it bridges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BridgeConfig {
+    /// Names of the links that become ports of the bridge.
+    pub interfaces: Vec<String>,
+    /// Spanning tree protocol settings (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stp: Option<StpConfig>,
+}
+
+/// A bridge's `stp` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StpConfig {
+    /// Whether the bridge runs the spanning tree protocol.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// One entry of an interface's `vlans`, as written in the document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VlanConfig {
+    /// The 802.1Q VLAN id, 1 to 4094.
+    pub vlan_id: u16,
+    /// Addresses with prefix length.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Link MTU (at most the parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Routes through this VLAN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// Also ask DHCP for an address on the VLAN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 /// One entry of an interface's `routes`, as written in the document.
@@ -310,6 +373,45 @@ pub struct ClusterSpec {
     /// The replicated store on the control planes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSpec>,
+    /// How the API server encrypts Secrets in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_encryption: Option<SecretsEncryptionSpec>,
+}
+
+/// The `cluster.secretsEncryption` section: AES-256-GCM keys for Secrets at rest. The
+/// first key encrypts, every key decrypts: rotate by putting a new key first and
+/// dropping the old one once the API servers have restarted with it (they rewrite
+/// every Secret with the first key at start). Without this section the key is
+/// derived from the cluster CA key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretsEncryptionSpec {
+    /// The keys, the encrypting one first.
+    pub keys: Vec<EncryptionKeySpec>,
+}
+
+/// One secrets encryption key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EncryptionKeySpec {
+    /// Its name, stored beside each value it encrypts (`[a-z0-9-]`, at most 32).
+    pub name: String,
+    /// 32 random bytes, base64.
+    pub secret: String,
+}
+
+impl EncryptionKeySpec {
+    /// A new random key called `name`.
+    pub fn generate(name: &str) -> Result<Self, crate::pki::PkiError> {
+        use base64::Engine;
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| crate::pki::PkiError::Random)?;
+        Ok(Self {
+            name: name.to_owned(),
+            secret: base64::engine::general_purpose::STANDARD.encode(bytes),
+        })
+    }
 }
 
 /// The `cluster.store` section: how the control planes' store keeps history.
@@ -352,6 +454,13 @@ pub enum LinkSelector {
     Name(String),
     /// By hardware address (six bytes).
     Mac([u8; 6]),
+    /// The VLAN `id` on the link `parent` selects.
+    Vlan {
+        /// The link carrying the VLAN.
+        parent: Box<LinkSelector>,
+        /// The VLAN id.
+        id: u16,
+    },
 }
 
 impl fmt::Display for LinkSelector {
@@ -359,6 +468,66 @@ impl fmt::Display for LinkSelector {
         match self {
             LinkSelector::Name(name) => write!(f, "{name}"),
             LinkSelector::Mac(mac) => write!(f, "{}", format_mac(mac)),
+            LinkSelector::Vlan { parent, id } => write!(f, "{parent}.{id}"),
+        }
+    }
+}
+
+/// The kernel's bonding modes, by the names `ip link` and sysfs use.
+pub const BOND_MODES: [&str; 7] = [
+    "balance-rr",
+    "active-backup",
+    "balance-xor",
+    "broadcast",
+    "802.3ad",
+    "balance-tlb",
+    "balance-alb",
+];
+
+/// What kind of link an interface is: one that exists by itself (a NIC, a link
+/// somebody else made), or a virtual link Cairn creates and owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Found, never created.
+    #[default]
+    Existing,
+    /// A bond over `ports`; `mode` is an index into [`BOND_MODES`] (the kernel's
+    /// numbering).
+    Bond {
+        /// Enslaved links, by name.
+        ports: Vec<String>,
+        /// The bonding mode's number.
+        mode: u8,
+        /// MII monitoring interval (ms).
+        miimon: Option<u32>,
+    },
+    /// A bridge over `ports`.
+    Bridge {
+        /// Bridge ports, by name.
+        ports: Vec<String>,
+        /// Spanning tree on.
+        stp: bool,
+    },
+    /// An 802.1Q VLAN (its parent and id are in the selector).
+    Vlan,
+}
+
+impl LinkKind {
+    /// The links this one enslaves.
+    pub fn ports(&self) -> &[String] {
+        match self {
+            LinkKind::Bond { ports, .. } | LinkKind::Bridge { ports, .. } => ports,
+            LinkKind::Existing | LinkKind::Vlan => &[],
+        }
+    }
+
+    /// The kernel's name for the kind (`IFLA_INFO_KIND`), for links Cairn creates.
+    pub fn kernel_kind(&self) -> Option<&'static str> {
+        match self {
+            LinkKind::Existing => None,
+            LinkKind::Bond { .. } => Some("bond"),
+            LinkKind::Bridge { .. } => Some("bridge"),
+            LinkKind::Vlan => Some("vlan"),
         }
     }
 }
@@ -368,6 +537,8 @@ impl fmt::Display for LinkSelector {
 pub struct Interface {
     /// Which link this is.
     pub selector: LinkSelector,
+    /// Whether Cairn creates it, and as what.
+    pub kind: LinkKind,
     /// Addresses to assign.
     pub addresses: Vec<IpNet>,
     /// MTU to set, if any.
@@ -614,6 +785,9 @@ impl MachineConfig {
                 ));
             }
         }
+        if let Some(encryption) = &cluster.secrets_encryption {
+            check_encryption_keys(encryption, problems);
+        }
         if !is_token(&cluster.token) {
             problems.push(FieldError::new(
                 "cluster.token",
@@ -664,43 +838,17 @@ impl MachineConfig {
         }
     }
 
-    /// The configured interfaces in typed form, or every problem found in them.
+    /// The configured interfaces in typed form (each VLAN an interface of its own,
+    /// after its parent), or every problem found in them.
     pub fn interfaces(&self) -> Result<Vec<Interface>, Vec<FieldError>> {
         let mut problems = Vec::new();
         let mut interfaces = Vec::new();
         let mut seen = BTreeSet::new();
+        // Port name → (the path of the bond or bridge naming it, that link's name).
+        let mut port_of: BTreeMap<String, (String, String)> = BTreeMap::new();
         for (i, raw) in self.machine.network.interfaces.iter().enumerate() {
             let path = format!("machine.network.interfaces[{i}]");
-            let selector = match (&raw.name, &raw.mac) {
-                (Some(name), None) => match check_link_name(name) {
-                    Ok(()) => Some(LinkSelector::Name(name.clone())),
-                    Err(why) => {
-                        problems.push(FieldError::new(
-                            format!("{path}.name"),
-                            format!("{name:?} {why}"),
-                        ));
-                        None
-                    }
-                },
-                (None, Some(mac)) => match parse_mac(mac) {
-                    Some(bytes) => Some(LinkSelector::Mac(bytes)),
-                    None => {
-                        problems.push(FieldError::new(
-                            format!("{path}.mac"),
-                            format!("{mac:?} is not a MAC address like 52:54:00:12:34:56"),
-                        ));
-                        None
-                    }
-                },
-                (Some(_), Some(_)) => {
-                    problems.push(FieldError::new(&path, "set either name or mac, not both"));
-                    None
-                }
-                (None, None) => {
-                    problems.push(FieldError::new(&path, "needs a name or a mac"));
-                    None
-                }
-            };
+            let selector = interface_selector(raw, &path, &mut problems);
             if let Some(selector) = &selector
                 && !seen.insert(selector.clone())
             {
@@ -709,69 +857,97 @@ impl MachineConfig {
                     format!("interface {selector} is listed more than once"),
                 ));
             }
-            let mut addresses = Vec::new();
-            for (j, text) in raw.addresses.iter().enumerate() {
-                match text.parse::<IpNet>() {
-                    Ok(net) => addresses.push(net),
-                    Err(_) => problems.push(FieldError::new(
-                        format!("{path}.addresses[{j}]"),
-                        format!("{text:?} is not an IP prefix like 10.0.0.2/24"),
-                    )),
-                }
-            }
-            if let Some(mtu) = raw.mtu
-                && !(68..=65535).contains(&mtu)
-            {
-                problems.push(FieldError::new(
-                    format!("{path}.mtu"),
-                    format!("{mtu} is outside 68..=65535"),
-                ));
-            }
-            let mut routes = Vec::new();
-            for (j, route) in raw.routes.iter().enumerate() {
-                let route_path = format!("{path}.routes[{j}]");
-                let to = route.to.parse::<IpNet>().map_err(|_| {
-                    FieldError::new(
-                        format!("{route_path}.to"),
-                        format!("{:?} is not an IP prefix like 0.0.0.0/0", route.to),
-                    )
-                });
-                let via = match &route.via {
-                    None => Ok(None),
-                    Some(text) => text.parse::<IpAddr>().map(Some).map_err(|_| {
-                        FieldError::new(
-                            format!("{route_path}.via"),
-                            format!("{text:?} is not an IP address"),
-                        )
-                    }),
-                };
-                match (to, via) {
-                    (Ok(to), Ok(via)) => {
-                        if let Some(gateway) = via
-                            && gateway.is_ipv4() != matches!(to, IpNet::V4(_))
-                        {
-                            problems.push(FieldError::new(
-                                format!("{route_path}.via"),
-                                format!("gateway {gateway} is not of the same family as {to}"),
-                            ));
-                        } else {
-                            routes.push(Route { to, via });
-                        }
-                    }
-                    (to, via) => {
-                        problems.extend(to.err());
-                        problems.extend(via.err());
+            let kind = link_kind(raw, &path, &mut problems);
+            if let (Some(LinkSelector::Name(name)), ports) = (&selector, kind.ports()) {
+                for (j, port) in ports.iter().enumerate() {
+                    let section = if matches!(kind, LinkKind::Bond { .. }) {
+                        "bond"
+                    } else {
+                        "bridge"
+                    };
+                    let port_path = format!("{path}.{section}.interfaces[{j}]");
+                    if port == name {
+                        problems.push(FieldError::new(
+                            port_path,
+                            format!("{name} cannot be a port of itself"),
+                        ));
+                    } else if let Some((_, other)) =
+                        port_of.insert(port.clone(), (port_path.clone(), name.clone()))
+                    {
+                        problems.push(FieldError::new(
+                            port_path,
+                            format!("{port} is already a port of {other}"),
+                        ));
                     }
                 }
             }
-            if let Some(selector) = selector {
+            let addresses = parse_addresses(&raw.addresses, &path, &mut problems);
+            check_mtu(raw.mtu, &path, &mut problems);
+            let routes = parse_routes(&raw.routes, &path, &mut problems);
+            let Some(selector) = selector else { continue };
+            interfaces.push(Interface {
+                selector: selector.clone(),
+                kind,
+                addresses,
+                mtu: raw.mtu,
+                routes,
+                dhcp: raw.dhcp,
+            });
+            let mut ids = BTreeSet::new();
+            for (j, vlan) in raw.vlans.iter().enumerate() {
+                let vlan_path = format!("{path}.vlans[{j}]");
+                if !(1..=4094).contains(&vlan.vlan_id) {
+                    problems.push(FieldError::new(
+                        format!("{vlan_path}.vlanId"),
+                        format!("{} is outside 1..=4094", vlan.vlan_id),
+                    ));
+                } else if !ids.insert(vlan.vlan_id) {
+                    problems.push(FieldError::new(
+                        format!("{vlan_path}.vlanId"),
+                        format!(
+                            "VLAN {} is listed more than once on {selector}",
+                            vlan.vlan_id
+                        ),
+                    ));
+                } else if let LinkSelector::Name(parent) = &selector
+                    && vlan_link_name(parent, vlan.vlan_id).is_none()
+                {
+                    problems.push(FieldError::new(
+                        format!("{vlan_path}.vlanId"),
+                        format!(
+                            "the VLAN's link name {parent}.{} would be longer than 15 characters",
+                            vlan.vlan_id
+                        ),
+                    ));
+                }
+                let addresses = parse_addresses(&vlan.addresses, &vlan_path, &mut problems);
+                check_mtu(vlan.mtu, &vlan_path, &mut problems);
+                let routes = parse_routes(&vlan.routes, &vlan_path, &mut problems);
                 interfaces.push(Interface {
-                    selector,
+                    selector: LinkSelector::Vlan {
+                        parent: Box::new(selector.clone()),
+                        id: vlan.vlan_id,
+                    },
+                    kind: LinkKind::Vlan,
                     addresses,
-                    mtu: raw.mtu,
+                    mtu: vlan.mtu,
                     routes,
-                    dhcp: raw.dhcp,
+                    dhcp: vlan.dhcp,
                 });
+            }
+        }
+        // A port's layer-3 settings belong on the bond or bridge that enslaves it.
+        for (i, raw) in self.machine.network.interfaces.iter().enumerate() {
+            let Some((_, controller)) = raw.name.as_ref().and_then(|n| port_of.get(n)) else {
+                continue;
+            };
+            if !raw.addresses.is_empty() || !raw.routes.is_empty() || raw.dhcp {
+                problems.push(FieldError::new(
+                    format!("machine.network.interfaces[{i}]"),
+                    format!(
+                        "is a port of {controller}: its addresses, routes and DHCP belong on {controller}"
+                    ),
+                ));
             }
         }
         if problems.is_empty() {
@@ -803,6 +979,13 @@ impl MachineConfig {
         }
         if let Some(cluster) = &mut copy.cluster {
             cluster.token = REDACTED.to_owned();
+            for key in cluster
+                .secrets_encryption
+                .iter_mut()
+                .flat_map(|e| e.keys.iter_mut())
+            {
+                key.secret = REDACTED.to_owned();
+            }
         }
         for auth in copy
             .machine
@@ -813,6 +996,44 @@ impl MachineConfig {
             auth.password = REDACTED.to_owned();
         }
         copy
+    }
+}
+
+fn check_encryption_keys(encryption: &SecretsEncryptionSpec, problems: &mut Vec<FieldError>) {
+    use base64::Engine;
+    if encryption.keys.is_empty() {
+        problems.push(FieldError::new(
+            "cluster.secretsEncryption.keys",
+            "must name at least one key (leave the section out to derive one from the CA key)",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, key) in encryption.keys.iter().enumerate() {
+        let path = format!("cluster.secretsEncryption.keys[{i}]");
+        let name_ok = !key.name.is_empty()
+            && key.name.len() <= 32
+            && key
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            problems.push(FieldError::new(
+                format!("{path}.name"),
+                format!("{:?} is not 1 to 32 of [a-z0-9-]", key.name),
+            ));
+        } else if !seen.insert(key.name.as_str()) {
+            problems.push(FieldError::new(
+                format!("{path}.name"),
+                format!("{:?} is named twice", key.name),
+            ));
+        }
+        let decoded = base64::engine::general_purpose::STANDARD.decode(key.secret.trim());
+        if decoded.map(|b| b.len()) != Ok(32) {
+            problems.push(FieldError::new(
+                format!("{path}.secret"),
+                "is not 32 bytes of base64 (make one with `head -c 32 /dev/urandom | base64`)",
+            ));
+        }
     }
 }
 
@@ -851,12 +1072,23 @@ pub fn changes(old: &MachineConfig, new: &MachineConfig) -> ConfigChanges {
     note(a.hostname != b.hostname, "machine.hostname", true);
     note(a.network != b.network, "machine.network", true);
     // Starting or stopping a DHCP client is done at boot.
-    let dhcp = |m: &MachineSpec| -> Vec<(Option<String>, Option<String>)> {
+    // The DHCP clients start at boot: which links (and VLANs of links) run one.
+    let dhcp = |m: &MachineSpec| -> Vec<(Option<String>, Option<String>, Option<u16>)> {
         m.network
             .interfaces
             .iter()
-            .filter(|i| i.dhcp)
-            .map(|i| (i.name.clone(), i.mac.clone()))
+            .flat_map(|i| {
+                let link = (i.name.clone(), i.mac.clone());
+                i.dhcp
+                    .then(|| (link.0.clone(), link.1.clone(), None))
+                    .into_iter()
+                    .chain(
+                        i.vlans
+                            .iter()
+                            .filter(|v| v.dhcp)
+                            .map(move |v| (link.0.clone(), link.1.clone(), Some(v.vlan_id))),
+                    )
+            })
             .collect()
     };
     note(
@@ -1161,6 +1393,183 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// The link name of VLAN `id` on `parent` (`eth0.100`), if it fits IFNAMSIZ.
+pub fn vlan_link_name(parent: &str, id: u16) -> Option<String> {
+    let name = format!("{parent}.{id}");
+    (name.len() <= 15).then_some(name)
+}
+
+/// How an interface entry finds its link: by `name` or by `mac`, exactly one.
+fn interface_selector(
+    raw: &InterfaceConfig,
+    path: &str,
+    problems: &mut Vec<FieldError>,
+) -> Option<LinkSelector> {
+    match (&raw.name, &raw.mac) {
+        (Some(name), None) => match check_link_name(name) {
+            Ok(()) => Some(LinkSelector::Name(name.clone())),
+            Err(why) => {
+                problems.push(FieldError::new(
+                    format!("{path}.name"),
+                    format!("{name:?} {why}"),
+                ));
+                None
+            }
+        },
+        (None, Some(mac)) => match parse_mac(mac) {
+            Some(bytes) => Some(LinkSelector::Mac(bytes)),
+            None => {
+                problems.push(FieldError::new(
+                    format!("{path}.mac"),
+                    format!("{mac:?} is not a MAC address like 52:54:00:12:34:56"),
+                ));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push(FieldError::new(path, "set either name or mac, not both"));
+            None
+        }
+        (None, None) => {
+            problems.push(FieldError::new(path, "needs a name or a mac"));
+            None
+        }
+    }
+}
+
+/// What an interface entry asks Cairn to create: nothing, a bond or a bridge.
+fn link_kind(raw: &InterfaceConfig, path: &str, problems: &mut Vec<FieldError>) -> LinkKind {
+    let virtual_section = match (&raw.bond, &raw.bridge) {
+        (Some(_), Some(_)) => {
+            problems.push(FieldError::new(path, "set either bond or bridge, not both"));
+            return LinkKind::Existing;
+        }
+        (Some(_), None) => "bond",
+        (None, Some(_)) => "bridge",
+        (None, None) => return LinkKind::Existing,
+    };
+    if raw.name.is_none() {
+        problems.push(FieldError::new(
+            format!("{path}.{virtual_section}"),
+            format!("a {virtual_section} is created by Cairn and needs a name, not a mac"),
+        ));
+    }
+    let ports = |interfaces: &[String], problems: &mut Vec<FieldError>| {
+        let section = format!("{path}.{virtual_section}.interfaces");
+        if interfaces.is_empty() {
+            problems.push(FieldError::new(&section, "names no link"));
+        }
+        let mut seen = BTreeSet::new();
+        for (j, port) in interfaces.iter().enumerate() {
+            if let Err(why) = check_link_name(port) {
+                problems.push(FieldError::new(
+                    format!("{section}[{j}]"),
+                    format!("{port:?} {why}"),
+                ));
+            } else if !seen.insert(port) {
+                problems.push(FieldError::new(
+                    format!("{section}[{j}]"),
+                    format!("{port} is listed more than once"),
+                ));
+            }
+        }
+        interfaces.to_vec()
+    };
+    if let Some(bond) = &raw.bond {
+        let mode = match BOND_MODES.iter().position(|m| *m == bond.mode) {
+            Some(index) => u8::try_from(index).unwrap_or_default(),
+            None => {
+                problems.push(FieldError::new(
+                    format!("{path}.bond.mode"),
+                    format!("{:?} is not one of {}", bond.mode, BOND_MODES.join(", ")),
+                ));
+                0
+            }
+        };
+        LinkKind::Bond {
+            ports: ports(&bond.interfaces, problems),
+            mode,
+            miimon: bond.miimon,
+        }
+    } else if let Some(bridge) = &raw.bridge {
+        LinkKind::Bridge {
+            ports: ports(&bridge.interfaces, problems),
+            stp: bridge.stp.as_ref().is_some_and(|s| s.enabled),
+        }
+    } else {
+        LinkKind::Existing
+    }
+}
+
+/// The addresses of an interface or VLAN entry at `path`.
+fn parse_addresses(texts: &[String], path: &str, problems: &mut Vec<FieldError>) -> Vec<IpNet> {
+    let mut addresses = Vec::new();
+    for (j, text) in texts.iter().enumerate() {
+        match text.parse::<IpNet>() {
+            Ok(net) => addresses.push(net),
+            Err(_) => problems.push(FieldError::new(
+                format!("{path}.addresses[{j}]"),
+                format!("{text:?} is not an IP prefix like 10.0.0.2/24"),
+            )),
+        }
+    }
+    addresses
+}
+
+/// Checks the MTU of an interface or VLAN entry at `path`.
+fn check_mtu(mtu: Option<u32>, path: &str, problems: &mut Vec<FieldError>) {
+    if let Some(mtu) = mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        problems.push(FieldError::new(
+            format!("{path}.mtu"),
+            format!("{mtu} is outside 68..=65535"),
+        ));
+    }
+}
+
+/// The routes of an interface or VLAN entry at `path`.
+fn parse_routes(raw: &[RouteConfig], path: &str, problems: &mut Vec<FieldError>) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for (j, route) in raw.iter().enumerate() {
+        let route_path = format!("{path}.routes[{j}]");
+        let to = route.to.parse::<IpNet>().map_err(|_| {
+            FieldError::new(
+                format!("{route_path}.to"),
+                format!("{:?} is not an IP prefix like 0.0.0.0/0", route.to),
+            )
+        });
+        let via = match &route.via {
+            None => Ok(None),
+            Some(text) => text.parse::<IpAddr>().map(Some).map_err(|_| {
+                FieldError::new(
+                    format!("{route_path}.via"),
+                    format!("{text:?} is not an IP address"),
+                )
+            }),
+        };
+        match (to, via) {
+            (Ok(to), Ok(via)) => {
+                if let Some(gateway) = via
+                    && gateway.is_ipv4() != matches!(to, IpNet::V4(_))
+                {
+                    problems.push(FieldError::new(
+                        format!("{route_path}.via"),
+                        format!("gateway {gateway} is not of the same family as {to}"),
+                    ));
+                } else {
+                    routes.push(Route { to, via });
+                }
+            }
+            (to, via) => {
+                problems.extend(to.err());
+                problems.extend(via.err());
+            }
+        }
+    }
+    routes
+}
+
 fn check_link_name(name: &str) -> Result<(), &'static str> {
     // IFNAMSIZ is 16 including the terminating NUL.
     if name.is_empty() || name.len() > 15 {
@@ -1450,6 +1859,110 @@ mod tests {
             paths_of(&config),
             ["machine.network.interfaces[0].routes[0].via"]
         );
+    }
+
+    #[test]
+    fn bonds_bridges_and_vlans_parse_from_yaml_into_typed_interfaces() {
+        let mut config = valid();
+        let before = config.clone();
+        let yaml = r#"
+- name: eth1
+- name: eth2
+- name: bond0
+  bond: {interfaces: [eth1, eth2], mode: 802.3ad, miimon: 100}
+  addresses: [10.1.0.2/24]
+  vlans:
+    - vlanId: 100
+      addresses: [192.168.100.2/24]
+      routes: [{to: 192.168.200.0/24, via: 192.168.100.1}]
+- name: br0
+  bridge: {interfaces: [eth3], stp: {enabled: true}}
+- mac: 52:54:00:00:00:09
+  vlans: [{vlanId: 7, dhcp: true}]
+"#;
+        config.machine.network.interfaces = serde_saphyr::from_str(yaml).unwrap();
+        assert!(config.validate().is_empty(), "{:?}", problems_of(&config));
+        let interfaces = config.interfaces().unwrap();
+        let selectors: Vec<String> = interfaces.iter().map(|i| i.selector.to_string()).collect();
+        assert_eq!(
+            selectors,
+            [
+                "eth1",
+                "eth2",
+                "bond0",
+                "bond0.100",
+                "br0",
+                "52:54:00:00:00:09",
+                "52:54:00:00:00:09.7"
+            ]
+        );
+        assert_eq!(
+            interfaces[2].kind,
+            LinkKind::Bond {
+                ports: vec!["eth1".into(), "eth2".into()],
+                mode: 4,
+                miimon: Some(100)
+            }
+        );
+        assert_eq!(interfaces[3].kind, LinkKind::Vlan);
+        assert_eq!(interfaces[3].routes[0].to.to_string(), "192.168.200.0/24");
+        assert_eq!(
+            interfaces[4].kind,
+            LinkKind::Bridge {
+                ports: vec!["eth3".into()],
+                stp: true
+            }
+        );
+        assert!(interfaces[6].dhcp);
+        let again = MachineConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(config, again);
+        // Links, bonds and VLANs change live; a DHCP client (the VLAN's) starts at boot.
+        assert_eq!(
+            changes(&before, &config).needs_reboot,
+            ["machine.network.interfaces[].dhcp"]
+        );
+        let mut without_dhcp = config.clone();
+        without_dhcp.machine.network.interfaces[4].vlans[0].dhcp = false;
+        assert!(changes(&before, &without_dhcp).needs_reboot.is_empty());
+    }
+
+    #[test]
+    fn bad_bonds_bridges_and_vlans_are_named_by_path() {
+        let mut config = valid();
+        let yaml = r#"
+- name: eth1
+  addresses: [10.9.0.2/24]
+- mac: 52:54:00:00:00:09
+  bond: {interfaces: [eth1], mode: fastest}
+- name: br0
+  bond: {interfaces: [eth2], mode: active-backup}
+  bridge: {interfaces: [eth2]}
+- name: br1
+  bridge: {interfaces: [br1, eth1, eth5, eth5]}
+- name: averylongname0
+  vlans: [{vlanId: 100}, {vlanId: 0}, {vlanId: 5000}]
+- name: eth6
+  vlans: [{vlanId: 3}, {vlanId: 3}]
+"#;
+        config.machine.network.interfaces = serde_saphyr::from_str(yaml).unwrap();
+        let problems = problems_of(&config).join("\n");
+        for expected in [
+            "machine.network.interfaces[1].bond: a bond is created by Cairn and needs a name, not a mac",
+            "machine.network.interfaces[1].bond.mode: \"fastest\" is not one of balance-rr",
+            "machine.network.interfaces[2]: set either bond or bridge, not both",
+            "machine.network.interfaces[3].bridge.interfaces[0]: br1 cannot be a port of itself",
+            "machine.network.interfaces[3].bridge.interfaces[3]: eth5 is listed more than once",
+            "machine.network.interfaces[4].vlans[0].vlanId: the VLAN's link name averylongname0.100 would be longer than 15 characters",
+            "machine.network.interfaces[4].vlans[1].vlanId: 0 is outside 1..=4094",
+            "machine.network.interfaces[4].vlans[2].vlanId: 5000 is outside 1..=4094",
+            "machine.network.interfaces[5].vlans[1].vlanId: VLAN 3 is listed more than once on eth6",
+            "machine.network.interfaces[0]: is a port of br1: its addresses, routes and DHCP belong on br1",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "missing {expected:?} in:\n{problems}"
+            );
+        }
     }
 
     #[test]

@@ -270,6 +270,31 @@ impl Ca {
         self.issue(&params)
     }
 
+    /// A client certificate for the Kubernetes API: the user `common_name`, in
+    /// `group` when given (its Organization, as kube-apiserver reads groups; rcgen
+    /// writes one Organization per certificate), valid for `valid_for`.
+    pub fn issue_user(
+        &self,
+        common_name: &str,
+        group: Option<&str>,
+        valid_for: Duration,
+    ) -> Result<CertAndKey, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if let Some(group) = group {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, group);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut params, valid_for);
+        self.issue(&params)
+    }
+
     /// A serving certificate for a node: `names` are DNS names or IP addresses.
     pub fn issue_server(
         &self,

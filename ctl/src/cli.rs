@@ -118,6 +118,15 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Start the replicated store on this control plane (once per cluster).
     Bootstrap,
+    /// Write an admin kubeconfig for the cluster's Kubernetes API (issued by the
+    /// control plane asked; needs an admin client).
+    Kubeconfig {
+        /// Where to write it (default: $KUBECONFIG, else ~/.kube/config); `-` prints it.
+        path: Option<PathBuf>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// The replicated store's members as the nodes see them.
     Members {
         /// What to do.

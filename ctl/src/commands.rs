@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use cairn_api::machine_api::{
-    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, ImageInfo, KvList, KvPut, NetworkStatus,
-    Persistence, PodInfo, ServiceInfo, StoreMembers, VersionInfo, paths,
+    Ack, ApplyMode, ApplyRequest, ApplyResponse, Health, ImageInfo, KubeconfigResponse, KvList,
+    KvPut, NetworkStatus, Persistence, PodInfo, ServiceInfo, StoreMembers, VersionInfo, paths,
 };
 use cairn_api::machine_config::MachineConfig;
 use cairn_api::remote_command::ExecRequest;
@@ -18,6 +18,57 @@ use crate::cli::{
 use crate::client::{ClientError, NodeClient};
 use crate::output::{Table, print};
 use crate::settings;
+
+/// Where `cairnctl kubeconfig` writes by default: `$KUBECONFIG` (its first file),
+/// else `~/.kube/config`.
+fn default_kubeconfig_path() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .as_ref()
+        .and_then(|v| std::env::split_paths(v).next())
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        return Ok(first);
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set: give the kubeconfig's path")?;
+    Ok(std::path::Path::new(&home).join(".kube/config"))
+}
+
+/// Asks the first node for an admin kubeconfig and writes it (0600) or prints it.
+async fn kubeconfig(
+    clients: &[NodeClient],
+    path: Option<std::path::PathBuf>,
+    force: bool,
+) -> anyhow::Result<bool> {
+    let client = clients.first().context("no node to ask")?;
+    let path = match path {
+        Some(path) => path,
+        None => default_kubeconfig_path()?,
+    };
+    if path.as_os_str() != "-" && path.exists() && !force {
+        bail!(
+            "{} exists; pass --force to replace it, or give another path",
+            path.display()
+        );
+    }
+    let answer: KubeconfigResponse = client
+        .post(paths::KUBECONFIG, &serde_json::json!({}))
+        .await
+        .with_context(|| format!("{}: cannot get a kubeconfig", client.node()))?;
+    if path.as_os_str() == "-" {
+        print!("{}", answer.kubeconfig);
+        return Ok(true);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    settings::write_private(&path, answer.kubeconfig.as_bytes())?;
+    eprintln!(
+        "wrote an admin kubeconfig for {} to {}",
+        answer.server,
+        path.display()
+    );
+    Ok(true)
+}
 
 /// Runs a node command; returns whether every node succeeded.
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
@@ -111,6 +162,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
         Command::Reboot => acks(&clients, paths::REBOOT).await,
         Command::Shutdown => acks(&clients, paths::SHUTDOWN).await,
         Command::Bootstrap => acks(&clients, paths::STORE_BOOTSTRAP).await,
+        Command::Kubeconfig { path, force } => kubeconfig(&clients, path, force).await,
         Command::Members { action: None } => members(global.output, &clients).await,
         Command::Members {
             action: Some(MembersCommand::Remove { id }),
@@ -481,9 +533,17 @@ fn yes(flag: bool) -> String {
 
 fn network_table(part: NetworkPart, results: &[(&str, NetworkStatus)]) -> String {
     let mut table = match part {
-        NetworkPart::Links => {
-            Table::new(&["NODE", "LINK", "MAC", "MTU", "UP", "CARRIER", "CONFIGURED"])
-        }
+        NetworkPart::Links => Table::new(&[
+            "NODE",
+            "LINK",
+            "KIND",
+            "CONTROLLER",
+            "MAC",
+            "MTU",
+            "UP",
+            "CARRIER",
+            "CONFIGURED",
+        ]),
         NetworkPart::Addresses => Table::new(&["NODE", "LINK", "ADDRESS", "CONFIGURED"]),
         NetworkPart::Routes => Table::new(&["NODE", "TO", "VIA", "LINK", "PROTOCOL", "CONFIGURED"]),
     };
@@ -495,6 +555,8 @@ fn network_table(part: NetworkPart, results: &[(&str, NetworkStatus)]) -> String
                     table.row(vec![
                         (*node).to_owned(),
                         link.name.clone(),
+                        link.kind.clone().unwrap_or_else(|| "-".into()),
+                        link.controller.clone().unwrap_or_else(|| "-".into()),
                         link.mac.clone().unwrap_or_else(|| "-".into()),
                         link.mtu.map_or_else(|| "-".into(), |m| m.to_string()),
                         yes(link.up),
@@ -696,6 +758,8 @@ mod tests {
                 mtu: Some(1500),
                 up: true,
                 carrier: false,
+                kind: None,
+                controller: Some("bond0".into()),
                 configured: true,
             }],
             addresses: vec![AddressInfo {
@@ -724,6 +788,8 @@ mod tests {
         assert!(links.lines().nth(1).unwrap().split_whitespace().eq([
             "node-1",
             "eth0",
+            "-",
+            "bond0",
             "52:54:00:00:00:01",
             "1500",
             "yes",

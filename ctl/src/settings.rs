@@ -35,12 +35,18 @@ pub fn load(path: &Path) -> anyhow::Result<ClientConfig> {
 
 /// Writes the client file (mode 0600: it holds a private key).
 pub fn save(path: &Path, config: &ClientConfig) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let text = config.to_yaml().map_err(|e| anyhow::anyhow!(e))?;
+    write_private(path, text.as_bytes())
+}
+
+/// Replaces `path` with `contents` atomically, readable by its owner only (it holds a
+/// private key).
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -49,7 +55,7 @@ pub fn save(path: &Path, config: &ClientConfig) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&temporary)
         .with_context(|| format!("writing {}", temporary.display()))?;
-    file.write_all(text.as_bytes())?;
+    file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -30,6 +30,9 @@ pub const NODE_MODULES: &[&str] = &[
     "veth",
     "bridge",
     "br_netfilter",
+    // Bonds and VLANs from machine.network.
+    "bonding",
+    "8021q",
     "overlay",
     "nf_tables",
     // The pod network's masquerade (nf_nat and conntrack come along).

@@ -274,6 +274,7 @@ pub fn router(ctx: Arc<NodeContext>) -> Router {
         .route("/v1/store/members/{id}/remove", post(store_remove))
         .route(paths::STORE_KV, get(store_get).post(store_put))
         .route(paths::NETWORK, get(network))
+        .route(paths::KUBECONFIG, post(kubeconfig))
         .merge(crate::api_runtime::routes())
         .layer(middleware::from_fn(authorize))
         .with_state(ctx)
@@ -450,6 +451,61 @@ async fn machine_config(
         Err(err) => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             err.to_string(),
+            Vec::new(),
+        ),
+    }
+}
+
+/// An admin kubeconfig, its certificate issued now by the cluster CA (control planes
+/// hold its key), pointing at `cluster.endpoint` (else this node's API server).
+async fn kubeconfig(
+    State(ctx): State<Arc<NodeContext>>,
+    Extension(identity): Extension<Identity>,
+) -> Response {
+    let config = ctx.config.current().await;
+    let Some(cluster) = &config.cluster else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this machine's config has no cluster section, so there is no Kubernetes API",
+            Vec::new(),
+        );
+    };
+    let Some(key) = &config.machine.certs.ca.key else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this node cannot issue kubeconfigs (no machine.certs.ca.key): ask a control plane",
+            Vec::new(),
+        );
+    };
+    let server = match &cluster.endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => {
+            let own = config
+                .interfaces()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|i| i.addresses.iter().map(|a| a.addr()))
+                .next();
+            match own {
+                Some(std::net::IpAddr::V6(ip)) => format!("https://[{ip}]:6443"),
+                Some(ip) => format!("https://{ip}:6443"),
+                None => "https://127.0.0.1:6443".to_owned(),
+            }
+        }
+    };
+    let made = pki::Ca::from_pem(&config.machine.certs.ca.crt, key)
+        .and_then(|ca| cairn_api::kubeconfig::admin(&ca, &cluster.name, &server));
+    match made {
+        Ok(kubeconfig) => {
+            info!(by = %identity.name, %server, "admin kubeconfig issued");
+            Json(cairn_api::machine_api::KubeconfigResponse { kubeconfig, server }).into_response()
+        }
+        Err(err) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "cannot issue the kubeconfig's certificate: {}",
+                crate::error_chain(&err)
+            ),
             Vec::new(),
         ),
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_api::machine_api::{PORT, Persistence};
-use cairn_api::machine_config::{Interface, LinkSelector, MachineConfig};
+use cairn_api::machine_config::{Interface, LinkKind, LinkSelector, MachineConfig};
 use cairn_net::dhcp::{self, Lease};
 use cairn_net::{Link, NetError, Netlink, interfaces};
 use futures::FutureExt;
@@ -43,7 +43,8 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
-use crate::services::network::NetworkService;
+use crate::services::apiserver::{ApiServerService, ApiServerSettings};
+use crate::services::network::{NetworkHandle, NetworkService};
 use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
 use crate::services::store::{StoreService, StoreSettings};
@@ -74,6 +75,8 @@ pub struct NodeOptions {
     pub state_dir: Option<PathBuf>,
     /// Where the store listens on a control plane.
     pub store_listen: SocketAddr,
+    /// Where the Kubernetes API server listens on a control plane.
+    pub kube_api_listen: SocketAddr,
 }
 
 impl Default for NodeOptions {
@@ -86,6 +89,10 @@ impl Default for NodeOptions {
             store_listen: SocketAddr::from((
                 std::net::Ipv6Addr::UNSPECIFIED,
                 crate::services::store::STORE_PORT,
+            )),
+            kube_api_listen: SocketAddr::from((
+                std::net::Ipv6Addr::UNSPECIFIED,
+                crate::services::apiserver::APISERVER_PORT,
             )),
         }
     }
@@ -160,7 +167,9 @@ pub async fn boot(ctx: &BootContext, phases: &Phases<'_>) -> Result<Ready, Phase
     let rest = async {
         if ctx.host.is_pid1() {
             phases.run("system", apply_system(ctx, config)).await?;
-            let leases = phases.run("network", configure_network(config)).await?;
+            let leases = phases
+                .run("network", configure_network(config, &cmdline, &ctx.network))
+                .await?;
             Ok::<_, PhaseFailure>(leases)
         } else {
             phases.skip(
@@ -513,6 +522,7 @@ pub fn parse_ip_param(spec: &str) -> Option<(Interface, Option<IpAddr>)> {
     Some((
         Interface {
             selector: LinkSelector::Name(device),
+            kind: LinkKind::Existing,
             addresses: vec![address],
             mtu: None,
             routes,
@@ -585,23 +595,58 @@ async fn apply_system(ctx: &BootContext, config: &MachineConfig) -> Result<(), S
 #[error(transparent)]
 pub struct NetworkPhaseError(#[from] LiveError);
 
-/// Links, addresses, routes and resolvers from the config, then a first DHCP lease on
-/// each `dhcp: true` link (boot goes on without one after [`DHCP_TIMEOUT`]).
+/// The first pass of the network reconciler (links, bonds, bridges, VLANs,
+/// addresses, routes; the command line's `cairn.ip=` layered under the config), once
+/// the links the config names have appeared (drivers may still be probing); then the
+/// resolvers, and a first DHCP lease on each `dhcp: true` link (boot goes on without
+/// one after [`DHCP_TIMEOUT`]).
 async fn configure_network(
     config: &MachineConfig,
+    cmdline: &KernelCmdline,
+    network: &NetworkHandle,
 ) -> Result<Vec<(Link, Option<Lease>)>, NetworkPhaseError> {
-    live::apply_network(None, config, LINK_TIMEOUT).await?;
     let netlink = Netlink::connect().map_err(LiveError::from)?;
-    let mut tries = Vec::new();
-    for interface in config
-        .interfaces()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| i.dhcp)
-    {
-        let link = interfaces::wait_for_link(&netlink, &interface.selector, LINK_TIMEOUT)
+    let wanted = config.interfaces().unwrap_or_default();
+    // The links that exist by themselves: those the config names and the ports of
+    // its bonds and bridges that are not virtual links of its own.
+    let mut existing: Vec<LinkSelector> = wanted
+        .iter()
+        .filter(|i| i.kind == LinkKind::Existing)
+        .map(|i| i.selector.clone())
+        .collect();
+    for port in wanted.iter().flat_map(|i| i.kind.ports()) {
+        let port = LinkSelector::Name(port.clone());
+        if !wanted.iter().any(|i| i.selector == port) && !existing.contains(&port) {
+            existing.push(port);
+        }
+    }
+    for selector in &existing {
+        interfaces::wait_for_link(&netlink, selector, LINK_TIMEOUT)
             .await
             .map_err(LiveError::from)?;
+    }
+    let from_cmdline = cmdline.get(IP_PARAM).and_then(|spec| {
+        let parsed = parse_ip_param(spec).map(|(interface, _)| interface);
+        if parsed.is_none() {
+            warn!(
+                param = spec,
+                "{IP_PARAM}= is not ADDRESS/PREFIX[,gw=IP][,dev=NAME]; ignored"
+            );
+        }
+        parsed
+    });
+    network.set_cmdline(from_cmdline);
+    let status = network.pass(config).await.map_err(LiveError::from)?;
+    if !status.problems.is_empty() {
+        return Err(LiveError::NetworkProblems(status.problems).into());
+    }
+    live::apply_resolvers(config)?;
+    let links = netlink.links().await.map_err(LiveError::from)?;
+    let mut tries = Vec::new();
+    for interface in wanted.into_iter().filter(|i| i.dhcp) {
+        let Some(link) = interfaces::find_link(&interface.selector, &links).cloned() else {
+            continue; // the pass reported it
+        };
         let netlink = netlink.clone();
         tries.push(async move {
             let lease = match dhcp::acquire(&link, DHCP_TIMEOUT).await {
@@ -638,6 +683,9 @@ pub enum ServicesPhaseError {
     /// The store cannot run on this control plane.
     #[error(transparent)]
     Store(#[from] crate::services::store::StoreSetupError),
+    /// The Kubernetes API server cannot run on this control plane.
+    #[error(transparent)]
+    ApiServer(#[from] crate::services::apiserver::ApiServerSetupError),
 }
 
 /// Starts the machine API; returns the config manager it serves.
@@ -653,6 +701,7 @@ async fn start_machine_api(
     let live = Arc::new(NodeLive {
         host: ctx.host.clone(),
         tls: tls.clone(),
+        network: ctx.network.clone(),
     });
     let manager = ConfigManager::new(
         settled.config.clone(),
@@ -687,12 +736,11 @@ async fn start_services(
 ) -> Result<(), ServicesPhaseError> {
     let config_manager = start_machine_api(ctx, settled).await?;
     // DHCP clients post their leases here; the network reconciler puts them in place.
-    let leases = dhcp::LeaseBoard::default();
+    let leases = ctx.network.leases().clone();
     if ctx.host.is_pid1() {
         // Boot applied the network once; from here on it is kept so.
         ctx.supervisor.start(Arc::new(NetworkService::new(
             Arc::clone(&config_manager),
-            leases.clone(),
             ctx.network.clone(),
         )))?;
     }
@@ -749,10 +797,14 @@ async fn start_services(
             &settled.config,
             &state_dir,
             ctx.options.store_listen,
-            names,
+            names.clone(),
         )?;
         ctx.supervisor
             .start(Arc::new(StoreService::new(settings, ctx.store.clone())))?;
+        let api =
+            ApiServerSettings::from_config(&settled.config, ctx.options.kube_api_listen, names)?;
+        ctx.supervisor
+            .start(Arc::new(ApiServerService::new(api, ctx.store.clone())))?;
     }
     if !dhcp_links.is_empty() {
         ctx.supervisor.start(Arc::new(DhcpService {

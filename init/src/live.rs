@@ -5,13 +5,11 @@
 //!
 //! A hosted node changes none of the host's settings; only its own certificate.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::Duration;
 
-use cairn_api::machine_config::{Interface, MachineConfig};
-use cairn_net::{Netlink, interfaces};
+use cairn_api::machine_config::MachineConfig;
+use cairn_net::Netlink;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::{info, warn};
@@ -19,9 +17,7 @@ use tracing::{info, warn};
 use crate::api_server::{TlsState, certificate_names};
 use crate::config_manager::LiveApply;
 use crate::host::Host;
-
-/// How long a link named by a live change may take to appear.
-const LIVE_LINK_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::services::network::NetworkHandle;
 
 /// Why part of a config could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +39,9 @@ pub enum LiveError {
     /// Netlink refused a change.
     #[error("machine.network")]
     Network(#[from] cairn_net::NetError),
+    /// The network reconciler could not bring the node to the config.
+    #[error("machine.network: {}", .0.join("; "))]
+    NetworkProblems(Vec<String>),
     /// `/etc/resolv.conf` could not be written.
     #[error("machine.network.nameservers: cannot write /etc/resolv.conf")]
     Resolvers(#[source] std::io::Error),
@@ -101,55 +100,6 @@ pub fn write_resolvers(servers: &[IpAddr]) -> Result<(), LiveError> {
         .map_err(LiveError::Resolvers)
 }
 
-/// Converges links, addresses and routes from `old` (or nothing) to `new`: what `new`
-/// names is added, what only `old` named is removed.
-pub async fn apply_network(
-    old: Option<&MachineConfig>,
-    new: &MachineConfig,
-    link_timeout: Duration,
-) -> Result<(), LiveError> {
-    let netlink = Netlink::connect()?;
-    interfaces::bring_up_loopback(&netlink).await?;
-    let wanted = new.interfaces().unwrap_or_default();
-    for interface in &wanted {
-        interfaces::apply(&netlink, interface, link_timeout).await?;
-    }
-    let previous = old
-        .map(|o| o.interfaces().unwrap_or_default())
-        .unwrap_or_default();
-    for before in &previous {
-        let now = wanted.iter().find(|w| w.selector == before.selector);
-        remove_stale(&netlink, before, now).await?;
-    }
-    apply_resolvers(new)
-}
-
-async fn remove_stale(
-    netlink: &Netlink,
-    before: &Interface,
-    now: Option<&Interface>,
-) -> Result<(), LiveError> {
-    let Ok(link) = interfaces::wait_for_link(netlink, &before.selector, Duration::ZERO).await
-    else {
-        return Ok(()); // the link is gone, and its addresses with it
-    };
-    let kept: BTreeSet<_> = now
-        .map(|n| n.addresses.iter().collect())
-        .unwrap_or_default();
-    for address in before.addresses.iter().filter(|a| !kept.contains(a)) {
-        netlink.del_address(&link, *address).await?;
-        info!(link = %link.name, %address, "address removed");
-    }
-    for route in &before.routes {
-        let still_wanted = now.is_some_and(|n| n.routes.contains(route));
-        if !still_wanted {
-            netlink.del_route(&link, route.to, route.via).await?;
-            info!(link = %link.name, to = %route.to, "route removed");
-        }
-    }
-    Ok(())
-}
-
 /// The names for the machine API certificate: the config's hostname (or the
 /// kernel's), and every address the node has (PID 1) or the config names (hosted).
 pub async fn node_names(config: &MachineConfig, host: &Host) -> Vec<String> {
@@ -184,6 +134,8 @@ pub struct NodeLive {
     pub host: Host,
     /// The machine API's TLS state to rebuild when certificates or names change.
     pub tls: TlsState,
+    /// The network reconciler, which tries a changed network before it is accepted.
+    pub network: NetworkHandle,
 }
 
 impl LiveApply for NodeLive {
@@ -206,7 +158,13 @@ impl LiveApply for NodeLive {
                         }
                     }
                     if a.network != b.network {
-                        apply_network(Some(old), new, LIVE_LINK_TIMEOUT).await?;
+                        let status = self.network.pass(new).await?;
+                        if !status.problems.is_empty() {
+                            // The network service's next pass returns to the running
+                            // config, undoing what this one changed.
+                            return Err(LiveError::NetworkProblems(status.problems));
+                        }
+                        apply_resolvers(new)?;
                     }
                 }
                 if a.certs != b.certs || a.hostname != b.hostname || a.network != b.network {

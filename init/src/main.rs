@@ -35,6 +35,9 @@ enum Command {
         /// Where the replicated store listens (control planes).
         #[arg(long, default_value = "[::]:50001")]
         store_listen: std::net::SocketAddr,
+        /// Where the Kubernetes API server listens (control planes).
+        #[arg(long, default_value = "[::]:6443")]
+        kube_api_listen: std::net::SocketAddr,
         /// Also run a test service (crashloop, orphans); repeatable.
         #[arg(long = "test-service")]
         test_services: Vec<String>,
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             api_listen,
             state_dir,
             store_listen,
+            kube_api_listen,
             test_services,
             log,
         } => run_hosted_node(
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
                 api_listen,
                 state_dir,
                 store_listen,
+                kube_api_listen,
             },
             &log,
         ),

@@ -150,6 +150,19 @@ pub struct ModuleReport {
     pub elapsed: Duration,
 }
 
+/// Parameters the image's modules are loaded with: without `max_bonds=0` the bonding
+/// driver makes a `bond0` of its own (balance-rr) as it loads, which a machine config's
+/// `bond0` would find in its way.
+pub const BOOT_PARAMETERS: &[(&str, &str)] = &[("bonding", "max_bonds=0")];
+
+/// The parameters `name` is loaded with at boot.
+pub fn boot_parameters(name: &str) -> &'static str {
+    BOOT_PARAMETERS
+        .iter()
+        .find(|(module, _)| *module == name)
+        .map_or("", |(_, parameters)| parameters)
+}
+
 /// Loads every module listed in `dir/modules.dep`, in dependency order.
 pub fn load_all(sys: &dyn Syscalls, dir: &Path) -> Result<ModuleReport, std::io::Error> {
     let started = Instant::now();
@@ -177,7 +190,7 @@ pub fn load_all(sys: &dyn Syscalls, dir: &Path) -> Result<ModuleReport, std::io:
             continue;
         };
         let module_started = Instant::now();
-        match sys.load_module(&dir.join(relative)) {
+        match sys.load_module_with(&dir.join(relative), boot_parameters(&name)) {
             Ok(()) => {
                 debug!(module = %name, elapsed_us = module_started.elapsed().as_micros(), "module loaded");
                 report.loaded.push(name);

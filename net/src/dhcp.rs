@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use cairn_api::machine_config::{Interface, LinkSelector, Route};
+use cairn_api::machine_config::{Interface, LinkKind, LinkSelector, Route};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
@@ -110,6 +110,7 @@ impl Lease {
     pub fn interface(&self, link: &str) -> Interface {
         Interface {
             selector: LinkSelector::Name(link.to_owned()),
+            kind: LinkKind::Existing,
             addresses: vec![IpNet::V4(self.address)],
             mtu: self.mtu,
             dhcp: true,

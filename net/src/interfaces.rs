@@ -11,11 +11,23 @@ use crate::{Link, NetError, Netlink};
 /// How often a missing link is looked for again while waiting for its driver.
 const LINK_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Whether a link is the one a selector names.
-pub fn matches(selector: &LinkSelector, link: &Link) -> bool {
+/// The link among `links` that a selector names, if there is one. A MAC names the
+/// device that has it, not the bonds, bridges and VLANs that copy it.
+pub fn find_link<'a>(selector: &LinkSelector, links: &'a [Link]) -> Option<&'a Link> {
     match selector {
-        LinkSelector::Name(name) => &link.name == name,
-        LinkSelector::Mac(mac) => link.mac.as_ref() == Some(mac),
+        LinkSelector::Name(name) => links.iter().find(|l| &l.name == name),
+        LinkSelector::Mac(mac) => links
+            .iter()
+            .filter(|l| l.mac.as_ref() == Some(mac))
+            .min_by_key(|l| l.kind.is_some()),
+        LinkSelector::Vlan { parent, id } => {
+            let parent = find_link(parent, links)?;
+            links.iter().find(|l| {
+                l.kind.as_deref() == Some("vlan")
+                    && l.vlan_id == Some(*id)
+                    && l.parent == Some(parent.index)
+            })
+        }
     }
 }
 
@@ -36,7 +48,7 @@ pub async fn wait_for_link(
     let started = Instant::now();
     loop {
         let links = netlink.links().await?;
-        if let Some(link) = links.iter().find(|link| matches(selector, link)) {
+        if let Some(link) = find_link(selector, &links) {
             return Ok(link.clone());
         }
         if started.elapsed() >= timeout {

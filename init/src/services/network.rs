@@ -1,17 +1,20 @@
 //! `network`: the network reconciler on a node running as PID 1. It keeps the links,
 //! addresses and routes of the running machine config in place (a pass on every
 //! netlink change, and every second), repairs drift, and publishes what it sees for
-//! `GET /v1/network` (`cairnctl get links|addresses|routes`). Boot has already applied
-//! the config once; live apply-config changes reach it through the config manager.
+//! `GET /v1/network` (`cairnctl get links|addresses|routes`). Boot has made the first
+//! pass through the same reconciler (see [`NetworkHandle`]); live apply-config makes
+//! one with the new config before it is accepted.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use cairn_api::MachineConfig;
 use cairn_api::machine_api::NetworkStatus;
+use cairn_api::machine_config::Interface;
 use cairn_net::Netlink;
 use cairn_net::dhcp::LeaseBoard;
 use cairn_net::monitor::ChangeMonitor;
-use cairn_net::reconcile::{Reconciler, config_layer, lease_layer};
+use cairn_net::reconcile::{Reconciler, layered_spec};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::{info, warn};
@@ -25,11 +28,16 @@ const RESYNC_EVERY: Duration = Duration::from_secs(1);
 /// Changes arriving this close together are handled in one pass.
 const SETTLE: Duration = Duration::from_millis(20);
 
-/// The reconciler's last status, for the machine API (`None` before the first pass or
-/// on a node without the service).
+/// The node's one network reconciler and what it last saw, shared by the boot's
+/// network phase (the first pass), live `apply-config` (a pass with the new config, its
+/// problems refusing it) and the `network` service (every pass after); `GET
+/// /v1/network` reads the status. A handle on a hosted node is never used.
 #[derive(Clone, Default)]
 pub struct NetworkHandle {
     status: Arc<RwLock<Option<NetworkStatus>>>,
+    reconciler: Arc<tokio::sync::Mutex<Option<Reconciler>>>,
+    cmdline: Arc<RwLock<Option<Interface>>>,
+    leases: LeaseBoard,
 }
 
 impl NetworkHandle {
@@ -43,24 +51,50 @@ impl NetworkHandle {
             *slot = Some(status);
         }
     }
+
+    /// Where the DHCP clients post their leases (a layer of the spec).
+    pub fn leases(&self) -> &LeaseBoard {
+        &self.leases
+    }
+
+    /// Sets the kernel command line's layer (`cairn.ip=`).
+    pub fn set_cmdline(&self, interface: Option<Interface>) {
+        if let Ok(mut slot) = self.cmdline.write() {
+            *slot = interface;
+        }
+    }
+
+    /// One reconciler pass towards `config` (layered with the command line and the
+    /// leases); the status it leaves, which is also published.
+    pub async fn pass(&self, config: &MachineConfig) -> Result<NetworkStatus, cairn_net::NetError> {
+        let cmdline = self.cmdline.read().ok().and_then(|c| c.clone());
+        let spec = layered_spec(
+            cmdline.as_ref(),
+            &config.interfaces().unwrap_or_default(),
+            &self.leases.leases(),
+        );
+        let mut slot = self.reconciler.lock().await;
+        let reconciler = match slot.as_mut() {
+            Some(reconciler) => reconciler,
+            None => slot.insert(Reconciler::new(Netlink::connect()?)),
+        };
+        let status = reconciler.pass(&spec).await;
+        self.set(status.clone());
+        Ok(status)
+    }
 }
 
 /// The service.
 pub struct NetworkService {
     config: Arc<ConfigManager>,
-    leases: LeaseBoard,
     handle: NetworkHandle,
 }
 
 impl NetworkService {
-    /// A service keeping `config`'s network and the `leases` in place and publishing
-    /// to `handle`.
-    pub fn new(config: Arc<ConfigManager>, leases: LeaseBoard, handle: NetworkHandle) -> Self {
-        Self {
-            config,
-            leases,
-            handle,
-        }
+    /// A service keeping `config`'s network (and the leases posted on `handle`) in
+    /// place and publishing to `handle`.
+    pub fn new(config: Arc<ConfigManager>, handle: NetworkHandle) -> Self {
+        Self { config, handle }
     }
 }
 
@@ -110,31 +144,26 @@ impl Service for NetworkService {
 
     fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
         let config = Arc::clone(&self.config);
-        let leases = self.leases.clone();
         let handle = self.handle.clone();
         async move {
-            let netlink = Netlink::connect()
-                .map_err(|e| ServiceError::failed("cannot open a netlink socket", e))?;
             let mut changes = ChangeMonitor::subscribe()
                 .map_err(|e| ServiceError::failed("cannot subscribe to network changes", e))?;
-            let mut reconciler = Reconciler::new(netlink);
             let mut said: Vec<String> = Vec::new();
             let mut from_leases = FromLeases::default();
             info!("reconciling the network");
             loop {
                 let running = config.current().await;
-                let held = leases.leases();
-                let mut spec = config_layer(&running.interfaces().unwrap_or_default());
-                spec.extend(lease_layer(&held));
-                let status = reconciler.pass(&spec).await;
-                from_leases.apply(&running, &held);
+                let status = handle
+                    .pass(&running)
+                    .await
+                    .map_err(|e| ServiceError::failed("cannot open a netlink socket", e))?;
+                from_leases.apply(&running, &handle.leases().leases());
                 if status.problems != said {
                     for problem in &status.problems {
                         warn!(%problem, "network not as configured");
                     }
                     said.clone_from(&status.problems);
                 }
-                handle.set(status);
                 tokio::select! {
                     () = ctx.shutdown.cancelled() => return Ok(()),
                     changed = changes.changed() => {
@@ -146,7 +175,7 @@ impl Service for NetworkService {
                         }
                         tokio::time::sleep(SETTLE).await;
                     }
-                    () = leases.changed() => {}
+                    () = handle.leases().changed() => {}
                     () = tokio::time::sleep(RESYNC_EVERY) => {}
                 }
             }

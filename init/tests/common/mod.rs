@@ -36,6 +36,9 @@ impl HostedNode {
         if !args.iter().any(|a| a == "--api-listen") {
             command.args(["--api-listen", "127.0.0.1:0"]);
         }
+        if !args.iter().any(|a| a == "--kube-api-listen") {
+            command.args(["--kube-api-listen", "127.0.0.1:0"]);
+        }
         command.args(args);
         let mut child = command
             .stderr(Stdio::piped())

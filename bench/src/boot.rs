@@ -1,6 +1,3 @@
-//! Benchmarks. Not tests: they print figures next to their goals and next to an
-//! anchor measured in the same run on the same machine, and never fail on a number.
-//!
 //! `bench boot`: over N boots, medians of PID 1 start → ready (guest clock, with and
 //! without module loading), kernel start → ready (guest clock), QEMU start → ready
 //! (host clock), `cairn`'s RSS at ready and the initramfs size. The anchor is the
@@ -13,46 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use qemu_tests::{Cluster, Image, VmSpec, configs};
 
-use crate::{build, deps};
+use xtask::{build, deps};
 
-/// Which benchmark.
-#[derive(clap::Subcommand)]
-pub enum Which {
-    /// Boot timings and footprint of one node.
-    Boot {
-        /// Boots per figure.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-    },
-    /// Container create/start/wait/delete against runc and crun, and pod start.
-    Runtime {
-        /// Runs per runtime.
-        #[arg(long, default_value_t = 30)]
-        runs: usize,
-    },
-    /// Pod network attach + detach against the CNI bridge + host-local plugins.
-    Net {
-        /// Attach + detach cycles per side.
-        #[arg(long, default_value_t = 200)]
-        runs: usize,
-    },
-    /// The replicated store against etcd 3.4 under the same load.
-    Store {
-        /// Seconds per phase.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-    },
-}
-
-/// Runs a benchmark.
-pub fn run(which: Which) -> anyhow::Result<()> {
-    match which {
-        Which::Boot { runs } => boot(runs),
-        Which::Store { seconds } => crate::bench_store::run(seconds),
-        Which::Runtime { runs } => crate::bench_runtime::run(runs),
-        Which::Net { runs } => crate::bench_net::run(runs),
-    }
-}
+use crate::stats::median;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -65,7 +25,8 @@ struct Sample {
     rss_kib: f64,
 }
 
-fn boot(runs: usize) -> anyhow::Result<()> {
+/// Runs the benchmark.
+pub fn run(runs: usize) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -207,29 +168,4 @@ fn console_uptime(line: &str) -> anyhow::Result<f64> {
         .trim()
         .parse()
         .with_context(|| format!("bad timestamp in {line:?}"))
-}
-
-/// The median of `values` (NaN when empty).
-/// The `p`th percentile of `values` (nearest rank).
-pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }

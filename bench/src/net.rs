@@ -18,8 +18,8 @@ use anyhow::{Context, bail};
 use cairn_net::netns::NetNamespace;
 use cairn_net::pod_network::{PodNetwork, PodNetworkConfig};
 
-use crate::bench::{median, percentile};
-use crate::deps;
+use crate::stats::{median, percentile};
+use xtask::deps;
 
 /// How many pod namespaces the cycles take turns with.
 const POD_NAMESPACES: usize = 32;

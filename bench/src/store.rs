@@ -17,7 +17,7 @@ use cairn_store::types::{RangeRequest, Request, Txn};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
-use crate::build;
+use xtask::build;
 
 /// A load: clients and a target write rate.
 #[derive(Debug, Clone, Copy)]
@@ -457,7 +457,7 @@ async fn wait_writable(target: &Target) -> anyhow::Result<()> {
 
 /// Runs the benchmark.
 pub fn run(seconds: u64) -> anyhow::Result<()> {
-    crate::deps::ensure_packages(&["etcd-server"])?;
+    xtask::deps::ensure_packages(&["etcd-server"])?;
     let root = tempfile::tempdir()?;
 
     let certs = Certs::new(root.path())?;

@@ -21,14 +21,14 @@ use cairn_runtime::spec::{ContainerPlan, Resources, SeccompProfile, SharedNamesp
 use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 
-use crate::bench::percentile;
-use crate::{build, deps};
+use crate::stats::percentile;
+use xtask::{build, deps};
 
 /// The cgroup every measured container uses (one at a time).
 const CGROUP: &str = "/cairn-bench/c";
 
 fn median(values: &[f64]) -> f64 {
-    crate::bench::median(values.to_vec())
+    crate::stats::median(values.to_vec())
 }
 
 /// The spec of the bundle: Cairn's secure defaults, with namespaces of its own (no

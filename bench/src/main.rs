@@ -1,0 +1,64 @@
+//! `cairn-bench`: Cairn's benchmarks, run by `cargo xtask bench …` once the build's
+//! and the benchmarks' dependencies are installed. Not tests: each prints figures next
+//! to its goals and next to an anchor measured in the same run on the same machine,
+//! and never fails on a number.
+//!
+//! A binary of its own (not part of `xtask`) because it links the node's libraries
+//! (libcontainer, which needs `libseccomp-dev` to build): `cargo xtask` itself has to
+//! build on a fresh machine before it has installed anything.
+
+mod boot;
+mod net;
+mod runtime;
+mod stats;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "Cairn's benchmarks, with same-run anchors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    which: Which,
+}
+
+/// Which benchmark.
+#[derive(Subcommand)]
+enum Which {
+    /// Boot timings and footprint of one node.
+    Boot {
+        /// Boots per figure.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Container create/start/wait/delete against runc and crun, and pod start.
+    Runtime {
+        /// Runs per runtime.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
+    /// Pod network attach + detach against the CNI bridge + host-local plugins.
+    Net {
+        /// Attach + detach cycles per side.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
+    /// The replicated store against etcd 3.4 under the same load.
+    Store {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().which {
+        Which::Boot { runs } => boot::run(runs),
+        Which::Store { seconds } => store::run(seconds),
+        Which::Runtime { runs } => runtime::run(runs),
+        Which::Net { runs } => net::run(runs),
+    }
+}
