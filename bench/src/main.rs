@@ -7,6 +7,7 @@
 //! (libcontainer, which needs `libseccomp-dev` to build): `cargo xtask` itself has to
 //! build on a fresh machine before it has installed anything.
 
+mod api;
 mod boot;
 mod net;
 mod runtime;
@@ -46,6 +47,21 @@ enum Which {
         #[arg(long, default_value_t = 200)]
         runs: usize,
     },
+    /// The Kubernetes API server: creates, a full list and watch fan-out.
+    Api {
+        /// Pods to create.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Concurrent watchers.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Creates every watcher must see.
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+    },
     /// The replicated store against etcd 3.4 under the same load.
     Store {
         /// Seconds per phase.
@@ -60,5 +76,16 @@ fn main() -> anyhow::Result<()> {
         Which::Store { seconds } => store::run(seconds),
         Which::Runtime { runs } => runtime::run(runs),
         Which::Net { runs } => net::run(runs),
+        Which::Api {
+            pods,
+            clients,
+            watchers,
+            events,
+        } => api::run(api::ApiLoad {
+            pods,
+            clients,
+            watchers,
+            events,
+        }),
     }
 }

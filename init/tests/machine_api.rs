@@ -10,8 +10,8 @@ use std::time::Duration;
 use cairn_api::bundle::Secrets;
 use cairn_api::client_config::Context;
 use cairn_api::machine_api::{
-    Ack, ApplyMode, ApplyOutcome, ApplyRequest, ApplyResponse, Health, ServiceInfo, VersionInfo,
-    paths,
+    Ack, ApplyMode, ApplyOutcome, ApplyRequest, ApplyResponse, Health, KubeconfigResponse,
+    ServiceInfo, VersionInfo, paths,
 };
 use cairn_api::pki::Role;
 use cairnctl::client::{ClientError, NodeClient};
@@ -451,5 +451,50 @@ fn new_certificates_are_served_without_a_restart() {
         // New connections get the new certificate, and clients of the same CA still work.
         let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
         let _: VersionInfo = admin.get(paths::VERSION).await.unwrap();
+    });
+}
+
+#[test]
+fn admins_get_a_kubeconfig_from_a_control_plane_and_others_are_refused() {
+    let (secrets, config) = secrets_and_config("node-k");
+    let file = config_file(&config.to_yaml().unwrap());
+    let mut node = HostedNode::start(file.path(), &[]);
+    let address = node.api_address(T);
+    runtime().block_on(async {
+        let empty = serde_json::json!({});
+        let operator = NodeClient::new(&address, &context(&secrets, Role::Operator)).unwrap();
+        let err = operator
+            .post::<_, KubeconfigResponse>(paths::KUBECONFIG, &empty)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("role os:operator may not POST /v1/kubeconfig"),
+            "{err}"
+        );
+        let admin = NodeClient::new(&address, &context(&secrets, Role::Admin)).unwrap();
+        let answer: KubeconfigResponse = admin.post(paths::KUBECONFIG, &empty).await.unwrap();
+        assert_eq!(answer.server, "https://10.5.0.2:6443");
+        let doc: serde_json::Value = serde_saphyr::from_str(&answer.kubeconfig).unwrap();
+        assert_eq!(doc["clusters"][0]["cluster"]["server"], answer.server);
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(
+                doc["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(String::from_utf8(ca).unwrap(), secrets.ca.cert_pem());
+        let cert = base64::engine::general_purpose::STANDARD
+            .decode(
+                doc["users"][0]["user"]["client-certificate-data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        let info = cairn_api::pki::cert_info(std::str::from_utf8(&cert).unwrap(), "cert").unwrap();
+        assert_eq!(info.organizations, ["system:masters"]);
+        assert_eq!(info.common_name.as_deref(), Some("admin"));
     });
 }

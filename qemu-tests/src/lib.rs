@@ -152,6 +152,10 @@ pub fn target_dir() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
+/// The first loopback port (in the cluster's namespace) forwarded to a VM's 6443;
+/// VM `i` gets this plus `i`.
+pub const KUBE_API_FORWARD_BASE: u16 = 16443;
+
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -237,6 +241,12 @@ impl VmSpec {
     /// Adds a kernel parameter.
     pub fn cmdline(mut self, param: &str) -> Self {
         self.extra_cmdline.push(param.to_owned());
+        self
+    }
+
+    /// Gives the VM `mib` MiB of memory.
+    pub fn memory(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
         self
     }
 
@@ -404,11 +414,12 @@ impl Cluster {
                 ));
         }
         let api_port = 50000 + index;
+        let kube_api_port = KUBE_API_FORWARD_BASE + index;
         if spec.management {
             command
                 .arg("-netdev")
                 .arg(format!(
-                    "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:50000"
+                    "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:50000,hostfwd=tcp:127.0.0.1:{kube_api_port}-:6443"
                 ))
                 .arg("-device")
                 .arg(format!(
@@ -467,6 +478,9 @@ impl Cluster {
         Ok(Vm {
             name: spec.name,
             api_address: spec.management.then(|| format!("127.0.0.1:{api_port}")),
+            kube_api_address: spec
+                .management
+                .then(|| format!("127.0.0.1:{kube_api_port}")),
             mac: mac_for(index),
             started,
             child,
@@ -517,6 +531,7 @@ pub fn mac_for(index: u16) -> String {
 pub struct Vm {
     name: String,
     api_address: Option<String>,
+    kube_api_address: Option<String>,
     mac: String,
     started: Instant,
     child: Arc<Mutex<Option<Child>>>,
@@ -535,6 +550,14 @@ impl Vm {
     /// (see [`Cluster::in_namespace_async`]); only with a management NIC.
     pub fn api_address(&self) -> &str {
         self.api_address.as_deref().unwrap_or("(no management NIC)")
+    }
+
+    /// The Kubernetes API server's address (control planes), reachable like
+    /// [`Vm::api_address`]; only with a management NIC.
+    pub fn kube_api_address(&self) -> &str {
+        self.kube_api_address
+            .as_deref()
+            .unwrap_or("(no management NIC)")
     }
 
     /// The MAC address of its NIC on the cluster segment.

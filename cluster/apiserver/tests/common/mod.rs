@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_api::kubeconfig::Credentials;
 use cairn_api::pki::Ca;
 use cairn_apiserver::{ApiServer, ApiServerConfig};
 use cairn_store::memnet::MemNetwork;
@@ -126,35 +127,25 @@ impl Cluster {
 
     /// Writes `<dir>/<file>.kubeconfig` for the user `user` in `group`.
     pub fn write_kubeconfig(&self, file: &str, user: &str, group: Option<&str>) -> PathBuf {
-        let cert = self
-            .ca
-            .issue_user(user, group, time::Duration::days(1))
-            .unwrap();
-        let path = self.dir.path().join(format!("{file}.kubeconfig"));
-        let b64 = |s: &str| {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(s)
-        };
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: cairn\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: cairn\n  context:\n    cluster: cairn\n    user: {user}\n    namespace: default\ncurrent-context: cairn\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-            self.url(),
-            b64(self.ca.cert_pem()),
-            b64(&cert.cert_pem),
-            b64(&cert.key_pem),
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        self.write(
+            file,
+            Credentials::Certificate {
+                user,
+                group,
+                valid_for: time::Duration::days(1),
+            },
+        )
     }
 
     /// Writes a kubeconfig that authenticates with a bearer token.
     pub fn write_token_kubeconfig(&self, file: &str, token: &str) -> PathBuf {
+        self.write(file, Credentials::Token(token))
+    }
+
+    fn write(&self, file: &str, credentials: Credentials<'_>) -> PathBuf {
         let path = self.dir.path().join(format!("{file}.kubeconfig"));
-        use base64::Engine;
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: cairn\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: cairn\n  context:\n    cluster: cairn\n    user: robot\n    namespace: default\ncurrent-context: cairn\nusers:\n- name: robot\n  user:\n    token: {token}\n",
-            self.url(),
-            base64::engine::general_purpose::STANDARD.encode(self.ca.cert_pem()),
-        );
+        let text =
+            cairn_api::kubeconfig::render(&self.ca, "cairn", &self.url(), credentials).unwrap();
         std::fs::write(&path, text).unwrap();
         path
     }

@@ -1,0 +1,392 @@
+//! QEMU end-to-end: the Kubernetes API server on control-plane VMs, driven by real
+//! kubectl and the official Python client (from the venv `cargo xtask test` makes)
+//! with the admin kubeconfig a node issues (`POST /v1/kubeconfig`, what `cairnctl
+//! kubeconfig` calls): against one control plane, and against three, where a write
+//! through one node's API is read and watched through the others' and the API keeps
+//! answering after the store leader's VM powers off.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cairn_api::client_config::Context;
+use cairn_api::machine_api::{Ack, KubeconfigResponse, StoreMembers, paths};
+use cairn_api::pki::Role;
+use cairnctl::client::{ClientError, NodeClient};
+use qemu_tests::{Cluster, Vm, VmSpec, configs, eventually};
+
+const BOOT: Duration = Duration::from_secs(180);
+
+fn venv() -> PathBuf {
+    std::env::var_os("CAIRN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| qemu_tests::target_dir().join("cairn-venv"))
+}
+
+/// kubectl with `kubeconfig`; the output, or the error with stderr.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(venv().join("bin/kubectl"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap())
+        .output()
+        .map_err(|e| format!("kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    kubectl(kubeconfig, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Retries a kubectl call until it succeeds (the API server writes its defaults once
+/// the store has a leader).
+async fn kubectl_eventually(kubeconfig: &Path, args: &[&str]) -> String {
+    eventually(&format!("kubectl {}", args.join(" ")), BOOT, || async {
+        kubectl(kubeconfig, args)
+    })
+    .await
+}
+
+/// Boots control planes at `addresses`, bootstraps the store on the first and waits
+/// until every one is a voter.
+fn boot_control_planes(cluster: &Cluster, addresses: &[&str]) -> (Vec<Vm>, Context) {
+    let secrets = configs::secrets();
+    let vms: Vec<Vm> = configs::control_planes(&secrets, addresses)
+        .into_iter()
+        .enumerate()
+        .map(|(i, config)| {
+            cluster
+                .start(
+                    VmSpec::new(&format!("cp-{}", i + 1))
+                        .memory(768)
+                        .config(&configs::yaml(&config))
+                        .management(),
+                )
+                .expect("start")
+        })
+        .collect();
+    for vm in &vms {
+        vm.wait_for(r"\bready elapsed_ms=", BOOT).expect("ready");
+    }
+    let admin = configs::client(&secrets, Role::Admin);
+    let apis: Vec<String> = vms.iter().map(|vm| vm.api_address().to_owned()).collect();
+    let voters = addresses.len();
+    cluster
+        .in_namespace_async(|| async {
+            let first = NodeClient::new(&apis[0], &admin).unwrap();
+            let empty = serde_json::json!({});
+            let _: Ack = eventually("bootstrap", BOOT, || {
+                first.post(paths::STORE_BOOTSTRAP, &empty)
+            })
+            .await;
+            let _: StoreMembers = eventually("every control plane a voter", BOOT, || async {
+                let m: StoreMembers = first.get(paths::STORE_MEMBERS).await?;
+                if m.members.iter().filter(|x| x.voter).count() == voters {
+                    Ok(m)
+                } else {
+                    Err(ClientError::Protocol {
+                        node: "cp-1".into(),
+                        reason: format!("{} members", m.members.len()),
+                    })
+                }
+            })
+            .await;
+        })
+        .expect("namespace");
+    (vms, admin)
+}
+
+/// The admin kubeconfig `vm` issues, pointed at `server`'s forwarded API port
+/// (the serving certificate names 127.0.0.1), written to `path`.
+fn kubeconfig_from(cluster: &Cluster, vm: &Vm, admin: &Context, server: &Vm, path: &Path) {
+    let api = vm.api_address().to_owned();
+    let answer: KubeconfigResponse = cluster
+        .in_namespace_async(|| async {
+            let client = NodeClient::new(&api, admin).unwrap();
+            let empty = serde_json::json!({});
+            eventually("a kubeconfig", BOOT, || {
+                client.post(paths::KUBECONFIG, &empty)
+            })
+            .await
+        })
+        .expect("namespace");
+    assert_eq!(
+        answer.server, "https://10.5.0.2:6443",
+        "the cluster endpoint"
+    );
+    let text = answer.kubeconfig.replace(
+        &answer.server,
+        &format!("https://{}", server.kube_api_address()),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn python_client(kubeconfig: &Path) {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster/apiserver/tests/python/client.py");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .arg(kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        command: [httpd, -f]
+";
+
+#[test]
+#[ignore = "boots QEMU: run by cargo xtask test"]
+fn kubectl_and_the_python_client_drive_one_control_plane() {
+    let cluster = Cluster::new("kubectl_and_the_python_client_drive_one_control_plane")
+        .expect("cluster (needs root, QEMU and `cargo xtask image`)");
+    let (vms, admin) = boot_control_planes(&cluster, &["10.5.0.2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    kubeconfig_from(&cluster, &vms[0], &admin, &vms[0], &kubeconfig);
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, DEPLOYMENT).unwrap();
+    let k = kubeconfig.as_path();
+    cluster
+        .in_namespace_async(|| async {
+            // The server writes the default namespaces once the store has a leader.
+            eventually("the default namespaces", BOOT, || async {
+                let listed = kubectl(k, &["get", "namespaces"])?;
+                if listed.contains("kube-system") && listed.contains("default") {
+                    Ok(listed)
+                } else {
+                    Err(format!("namespaces so far: {listed:?}"))
+                }
+            })
+            .await;
+            let resources = kubectl_ok(k, &["api-resources"]);
+            for kind in [
+                "deployments",
+                "customresourcedefinitions",
+                "leases",
+                "endpointslices",
+            ] {
+                assert!(resources.contains(kind), "{kind} missing:\n{resources}");
+            }
+            kubectl_ok(
+                k,
+                &[
+                    "create",
+                    "configmap",
+                    "settings",
+                    "--from-literal=mode=fast",
+                ],
+            );
+            assert_eq!(
+                kubectl_ok(
+                    k,
+                    &[
+                        "get",
+                        "configmap",
+                        "settings",
+                        "-o",
+                        "jsonpath={.data.mode}"
+                    ]
+                ),
+                "fast"
+            );
+            kubectl_ok(
+                k,
+                &[
+                    "create",
+                    "secret",
+                    "generic",
+                    "db",
+                    "--from-literal=password=hunter2",
+                ],
+            );
+            let manifest = manifest.to_str().unwrap();
+            assert!(
+                kubectl_ok(k, &["apply", "-f", manifest]).contains("deployment.apps/web created")
+            );
+            let wide = kubectl_ok(k, &["get", "deployments", "-o", "wide"]);
+            assert!(
+                wide.contains("CONTAINERS") && wide.contains("busybox"),
+                "{wide}"
+            );
+            kubectl_ok(k, &["scale", "deployment", "web", "--replicas=4"]);
+            assert_eq!(
+                kubectl_ok(
+                    k,
+                    &[
+                        "get",
+                        "deployment",
+                        "web",
+                        "-o",
+                        "jsonpath={.spec.replicas}"
+                    ]
+                ),
+                "4"
+            );
+            assert_eq!(
+                kubectl_ok(k, &["auth", "can-i", "create", "pods"]).trim(),
+                "yes"
+            );
+            kubectl_ok(k, &["delete", "-f", manifest]);
+            python_client(k);
+        })
+        .expect("namespace");
+}
+
+#[test]
+#[ignore = "boots QEMU: run by cargo xtask test"]
+fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
+    let cluster =
+        Cluster::new("three_control_planes_serve_one_api_and_survive_the_leader_powering_off")
+            .expect("cluster (needs root, QEMU and `cargo xtask image`)");
+    let (vms, admin) = boot_control_planes(&cluster, &["10.5.0.2", "10.5.0.3", "10.5.0.4"]);
+    let dir = tempfile::tempdir().unwrap();
+    // A kubeconfig for each node's API server, issued by the second.
+    let kubeconfigs: Vec<PathBuf> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| {
+            let path = dir.path().join(format!("cp-{}.kubeconfig", i + 1));
+            kubeconfig_from(&cluster, &vms[1], &admin, vm, &path);
+            path
+        })
+        .collect();
+    cluster
+        .in_namespace_async(|| async {
+            for k in &kubeconfigs {
+                kubectl_eventually(k, &["get", "namespaces", "default"]).await;
+            }
+            // A watch through cp-2 sees writes made through cp-1 and cp-3.
+            let mut watch = Command::new(venv().join("bin/kubectl"))
+                .args([
+                    "get",
+                    "configmaps",
+                    "-w",
+                    "--output-watch-events",
+                    "--no-headers",
+                ])
+                .env("KUBECONFIG", &kubeconfigs[1])
+                .env("HOME", dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = watch.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Let the watch start before writing.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            kubectl_ok(
+                &kubeconfigs[0],
+                &["create", "configmap", "one", "--from-literal=a=1"],
+            );
+            kubectl_ok(
+                &kubeconfigs[2],
+                &["create", "configmap", "two", "--from-literal=b=2"],
+            );
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                let line = rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| panic!("the watch on cp-2 saw only {seen:?}"));
+                seen.push(
+                    line.split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+            seen.sort();
+            assert_eq!(seen, ["ADDED one", "ADDED two"]);
+            let _ = watch.kill();
+            let _ = watch.wait();
+            // Read through the third what the first wrote.
+            assert_eq!(
+                kubectl_ok(
+                    &kubeconfigs[2],
+                    &["get", "configmap", "one", "-o", "jsonpath={.data.a}"]
+                ),
+                "1"
+            );
+        })
+        .expect("namespace");
+
+    // Power off the store leader; the others keep serving.
+    let apis: Vec<String> = vms.iter().map(|vm| vm.api_address().to_owned()).collect();
+    let leader = cluster
+        .in_namespace_async(|| async {
+            let mut found = None;
+            for (i, api) in apis.iter().enumerate() {
+                let m: StoreMembers = NodeClient::new(api, &admin)
+                    .unwrap()
+                    .get(paths::STORE_MEMBERS)
+                    .await
+                    .unwrap();
+                if Some(m.this) == m.leader {
+                    found = Some(i);
+                }
+            }
+            found
+        })
+        .expect("namespace")
+        .expect("a leader among the VMs");
+    vms[leader].press_power_button().expect("power button");
+    vms[leader].wait_exit(BOOT).expect("the leader powered off");
+    let survivors: Vec<&PathBuf> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| &kubeconfigs[i])
+        .collect();
+    cluster
+        .in_namespace_async(|| async {
+            kubectl_eventually(
+                survivors[0],
+                &["create", "configmap", "after", "--from-literal=c=3"],
+            )
+            .await;
+            let listed =
+                kubectl_eventually(survivors[1], &["get", "configmaps", "-o", "name"]).await;
+            for name in ["configmap/one", "configmap/two", "configmap/after"] {
+                assert!(listed.contains(name), "{name} missing:\n{listed}");
+            }
+            python_client(survivors[1]);
+        })
+        .expect("namespace");
+}
