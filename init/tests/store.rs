@@ -119,11 +119,12 @@ fn three_control_planes_bootstrap_replicate_and_survive_losing_the_leader() {
         .await;
         assert_eq!(members.leader, Some(members.this));
         // A write through a follower reaches the leader; a read through another sees it.
+        // (Keys stay outside /registry/, where each control plane's API server writes.)
         let put: KvList = clients[1]
             .post(
                 paths::STORE_KV,
                 &KvPut {
-                    key: "/registry/demo".into(),
+                    key: "/cairn-test/demo".into(),
                     value: "one".into(),
                 },
             )
@@ -131,7 +132,7 @@ fn three_control_planes_bootstrap_replicate_and_survive_losing_the_leader() {
             .unwrap();
         assert!(put.revision >= 1);
         let read: KvList = clients[2]
-            .get(&format!("{}?key=/registry/demo", paths::STORE_KV))
+            .get(&format!("{}?key=/cairn-test/demo", paths::STORE_KV))
             .await
             .unwrap();
         assert_eq!(read.entries[0].value, "one");
@@ -144,7 +145,7 @@ fn three_control_planes_bootstrap_replicate_and_survive_losing_the_leader() {
         };
         let denied = NodeClient::new(&addresses[2], &reader)
             .unwrap()
-            .get::<KvList>(&format!("{}?key=/registry/demo", paths::STORE_KV))
+            .get::<KvList>(&format!("{}?key=/cairn-test/demo", paths::STORE_KV))
             .await;
         assert!(
             matches!(denied, Err(ClientError::Api { ref status, .. }) if status.as_u16() == 403),
@@ -163,7 +164,7 @@ fn three_control_planes_bootstrap_replicate_and_survive_losing_the_leader() {
             .map(|i| NodeClient::new(&addresses[i], &admin).unwrap())
             .collect();
         let after = KvPut {
-            key: "/registry/after".into(),
+            key: "/cairn-test/after".into(),
             value: "two".into(),
         };
         let put: KvList = eventually("a write after the leader died", || {
@@ -171,7 +172,7 @@ fn three_control_planes_bootstrap_replicate_and_survive_losing_the_leader() {
         })
         .await;
         assert!(put.revision >= 2);
-        let prefix = format!("{}?prefix=/registry/", paths::STORE_KV);
+        let prefix = format!("{}?prefix=/cairn-test/", paths::STORE_KV);
         let both: KvList = eventually("both keys", || survivors[1].get(&prefix)).await;
         let values: Vec<&str> = both.entries.iter().map(|e| e.value.as_str()).collect();
         assert_eq!(values, ["two", "one"], "keys in order, nothing lost");
