@@ -272,6 +272,13 @@ impl Call<'_> {
             self.list_revision(limit.is_some()).await?
         };
         let filtering = !labels.is_empty() || !fields.is_empty();
+        if !filtering
+            && limit.is_none()
+            && start.is_none()
+            && self.representation()? == Representation::Object
+        {
+            return self.list_whole(&prefix, revision, consistent).await;
+        }
         let mut items = Vec::new();
         let mut more = false;
         let mut last_key: Option<String> = None;
@@ -342,6 +349,52 @@ impl Call<'_> {
             }
         };
         Ok(json_response(StatusCode::OK, &body, &[]))
+    }
+
+    /// A whole, unfiltered collection as JSON, built from the stored bytes without
+    /// parsing each object (the common `kubectl get` and informer list).
+    async fn list_whole(
+        &self,
+        prefix: &str,
+        revision: Option<u64>,
+        consistent: bool,
+    ) -> Result<Response, ApiError> {
+        let (kvs, _, list_revision) = self
+            .state
+            .storage
+            .range(prefix, None, revision, None, consistent)
+            .await
+            .map_err(|e| match e {
+                ApiError::Expired(_) => ApiError::Expired(
+                    "The resourceVersion for the provided list is too old.".into(),
+                ),
+                other => other,
+            })?;
+        let head = json!({
+            "kind": self.resource.list_kind,
+            "apiVersion": self.resource.api_version(),
+            "metadata": {"resourceVersion": list_revision.to_string()},
+        })
+        .to_string();
+        let mut body = Vec::with_capacity(
+            head.len() + 16 + kvs.iter().map(|kv| kv.value.len() + 32).sum::<usize>(),
+        );
+        // `head` is `{…}`: reopen it to append the items.
+        body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        body.extend_from_slice(b",\"items\":[");
+        for (i, kv) in kvs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&self.state.storage.decode_raw(kv)?);
+        }
+        body.extend_from_slice(b"]}");
+        Ok((
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response())
     }
 
     /// `GET …?watch=true`: a stream of events.

@@ -5,6 +5,7 @@
 //! either lands whole at a new revision or not at all, and optimistic concurrency is
 //! the store's own.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use cairn_store::node::{StoreNode, Watch};
@@ -108,22 +109,37 @@ impl Storage {
         }
     }
 
+    /// The JSON bytes stored in `kv`, unsealed when sealed (without resourceVersion).
+    fn plaintext<'a>(&self, kv: &'a KeyValue) -> Result<Cow<'a, [u8]>, ApiError> {
+        if !is_encrypted(&kv.value) {
+            return Ok(Cow::Borrowed(&kv.value));
+        }
+        let crypt = self.encryption.as_ref().ok_or_else(|| {
+            ApiError::Internal(
+                "a stored secret is encrypted but no secretsEncryption keys are configured".into(),
+            )
+        })?;
+        crypt
+            .open(&kv.value, &kv.key)
+            .map(|(plain, _)| Cow::Owned(plain))
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// The object stored in `kv` as JSON bytes with its resourceVersion set, without
+    /// parsing it (lists of thousands of objects are answered from these).
+    pub fn decode_raw(&self, kv: &KeyValue) -> Result<Vec<u8>, ApiError> {
+        let plain = self.plaintext(kv)?;
+        match with_resource_version(&plain, kv.mod_revision) {
+            Some(bytes) => Ok(bytes),
+            // Not laid out as this server writes objects: take the slow, sure way.
+            None => serde_json::to_vec(&self.decode(kv, kv.mod_revision)?)
+                .map_err(|e| ApiError::Internal(e.to_string())),
+        }
+    }
+
     /// The object stored in `kv`, with its resourceVersion set.
     pub fn decode(&self, kv: &KeyValue, revision: u64) -> Result<Value, ApiError> {
-        let plain = if is_encrypted(&kv.value) {
-            let crypt = self.encryption.as_ref().ok_or_else(|| {
-                ApiError::Internal(
-                    "a stored secret is encrypted but no secretsEncryption keys are configured"
-                        .into(),
-                )
-            })?;
-            crypt
-                .open(&kv.value, &kv.key)
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .0
-        } else {
-            kv.value.clone()
-        };
+        let plain = self.plaintext(kv)?;
         let mut object: Value = serde_json::from_slice(&plain).map_err(|e| {
             ApiError::Internal(format!(
                 "{} in the store is not a JSON object: {e}",
@@ -384,5 +400,162 @@ impl Storage {
                 )),
                 other => ApiError::Internal(other.to_string()),
             })
+    }
+}
+
+/// `object` (a JSON object as stored: without `metadata.resourceVersion`) with
+/// `"resourceVersion":"<revision>"` put first in its top-level `metadata`; `None` when
+/// the bytes are not an object with a `metadata` object.
+pub fn with_resource_version(object: &[u8], revision: u64) -> Option<Vec<u8>> {
+    let open = metadata_open_brace(object)?;
+    let rest = &object[open + 1..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'}');
+    let field = format!(
+        "\"resourceVersion\":\"{revision}\"{}",
+        if empty { "" } else { "," }
+    );
+    let mut out = Vec::with_capacity(object.len() + field.len());
+    out.extend_from_slice(&object[..=open]);
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The offset of the `{` that opens the top-level `"metadata"` value of `object`.
+fn metadata_open_brace(object: &[u8]) -> Option<usize> {
+    let mut at = skip_space(object, 0);
+    if object.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_space(object, at);
+        match object.get(at)? {
+            b'}' => return None,
+            b',' => {
+                at += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = skip_string(object, at)?;
+        let key = &object[at + 1..key_end - 1];
+        at = skip_space(object, key_end);
+        if object.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_space(object, at + 1);
+        if key == b"metadata" {
+            return (object.get(at) == Some(&b'{')).then_some(at);
+        }
+        at = skip_value(object, at)?;
+    }
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+/// The offset just past the string that starts (with `"`) at `at`.
+fn skip_string(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        match bytes.get(i)? {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+/// The offset just past the JSON value that starts at `at`.
+fn skip_value(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at)? {
+        b'"' => skip_string(bytes, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match bytes.get(i)? {
+                    b'"' => {
+                        i = skip_string(bytes, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let mut i = at;
+            while bytes
+                .get(i)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+            {
+                i += 1;
+            }
+            (i > at).then_some(i)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::{Value, json};
+
+    use super::with_resource_version;
+
+    fn spliced(object: &Value, revision: u64) -> Value {
+        let bytes = serde_json::to_vec(object).unwrap();
+        serde_json::from_slice(&with_resource_version(&bytes, revision).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_resource_version_lands_in_the_top_level_metadata_only() {
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "a": {"metadata": {"x": "}\"{"}, "list": [1, {"k": "]"}], "n": null},
+            "b": -1.5e3,
+            "metadata": {"name": "web", "labels": {"metadata": "yes"}},
+            "spec": {"template": {"metadata": {}}},
+        });
+        let mut expected = object.clone();
+        expected["metadata"]["resourceVersion"] = json!("42");
+        assert_eq!(spliced(&object, 42), expected);
+    }
+
+    #[test]
+    fn empty_metadata_and_whitespace_are_handled() {
+        let text = br#" { "kind" : "X" , "metadata" : { } } "#;
+        let out: Value = serde_json::from_slice(&with_resource_version(text, 7).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            json!({"kind": "X", "metadata": {"resourceVersion": "7"}})
+        );
+    }
+
+    #[test]
+    fn objects_without_a_metadata_object_are_refused() {
+        assert!(with_resource_version(br#"{"kind":"X"}"#, 1).is_none());
+        assert!(with_resource_version(br#"{"metadata":"x"}"#, 1).is_none());
+        assert!(with_resource_version(br#"[{"metadata":{}}]"#, 1).is_none());
+        assert!(with_resource_version(br#"{"kind":"unterminated"#, 1).is_none());
     }
 }
