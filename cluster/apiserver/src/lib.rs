@@ -21,6 +21,7 @@
 //! - [`patch`], [`managed`]: patches, field managers and server-side apply.
 //! - [`watch`], [`selectors`], [`tables`], [`storage`], [`encryption`]: the rest.
 //! - [`auth`], [`rbac`]: identities and permissions.
+//! - `testing` (feature `testing`): a store and a server in process, for tests.
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +46,8 @@ pub mod selectors;
 pub mod server;
 pub mod storage;
 pub mod tables;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validation;
 pub mod watch;
 

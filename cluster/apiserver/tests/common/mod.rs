@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use cairn_api::kubeconfig::Credentials;
 use cairn_api::pki::Ca;
-use cairn_apiserver::{ApiServer, ApiServerConfig};
-use cairn_store::memnet::MemNetwork;
-use cairn_store::node::{NodeOptions, StoreNode, default_raft_config};
+use cairn_apiserver::ApiServer;
+use cairn_apiserver::testing::TestServer;
+use cairn_store::node::StoreNode;
 
 /// A running server and the files clients need.
 pub struct Cluster {
@@ -25,6 +25,7 @@ pub struct Cluster {
     /// The cluster CA.
     pub ca: Ca,
     store: Arc<StoreNode>,
+    _store_dir: tempfile::TempDir,
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -54,60 +55,18 @@ pub fn kubectl_binary() -> PathBuf {
 impl Cluster {
     /// Starts a store and an API server on `runtime`.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let network = MemNetwork::new();
-        let mut raft = default_raft_config();
-        raft.heartbeat_interval = 50;
-        raft.election_timeout_min = 150;
-        raft.election_timeout_max = 300;
-        let store = StoreNode::start(
-            NodeOptions {
-                id: 1,
-                addr: "mem-1".into(),
-                dir: dir.path().join("store"),
-                token: "abcdef.0123456789abcdef".into(),
-                raft,
-                peers: Vec::new(),
-                compaction: None,
-            },
-            network.factory(1),
-            network.peers(1),
-        )
-        .await
-        .unwrap();
-        network.register(Arc::clone(&store));
-        store.bootstrap().await.unwrap();
-        store
-            .wait_for_leader(Duration::from_secs(10))
-            .await
-            .expect("a leader");
-        let ca = Ca::generate("cairn-test").unwrap();
-        let serving = ca
-            .issue_server(
-                "apiserver",
-                &["127.0.0.1".into(), "localhost".into()],
-                time::Duration::days(1),
-            )
-            .unwrap();
-        let key = base64_key(7);
-        let server = ApiServer::start(
-            ApiServerConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                ca_cert: ca.cert_pem().to_owned(),
-                ca_key: Some(ca.key_pem().to_owned()),
-                serving_cert: serving.cert_pem,
-                serving_key: serving.key_pem,
-                encryption_keys: vec![("key1".into(), key)],
-            },
-            Arc::clone(&store),
-        )
-        .await
-        .unwrap();
-        let cluster = Self {
+        let TestServer {
             server,
-            dir,
             ca,
             store,
+            dir: store_dir,
+        } = TestServer::start().await.unwrap();
+        let cluster = Self {
+            server,
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+            store,
+            _store_dir: store_dir,
             _runtime: None,
         };
         cluster.write_kubeconfig("admin", "admin", Some("system:masters"));
@@ -237,11 +196,6 @@ impl Cluster {
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     }
-}
-
-fn base64_key(byte: u8) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode([byte; 32])
 }
 
 /// Polls `check` until it returns `Some`, for at most `within`.
