@@ -11,6 +11,7 @@ mod api;
 mod boot;
 mod net;
 mod runtime;
+mod scheduler;
 mod stats;
 mod store;
 
@@ -62,6 +63,18 @@ enum Which {
         #[arg(long, default_value_t = 200)]
         events: usize,
     },
+    /// Scheduling decisions for many pods over many simulated nodes.
+    Scheduler {
+        /// Simulated nodes.
+        #[arg(long, default_value_t = 5_000)]
+        nodes: usize,
+        /// Pods to place.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Rounds (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The replicated store against etcd 3.4 under the same load.
     Store {
         /// Seconds per phase.
@@ -76,6 +89,11 @@ fn main() -> anyhow::Result<()> {
         Which::Store { seconds } => store::run(seconds),
         Which::Runtime { runs } => runtime::run(runs),
         Which::Net { runs } => net::run(runs),
+        Which::Scheduler {
+            nodes,
+            pods,
+            rounds,
+        } => scheduler::run(nodes, pods, rounds),
         Which::Api {
             pods,
             clients,
