@@ -63,14 +63,14 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
             })
             .await;
             let put = KvPut {
-                key: "/registry/first".into(),
+                key: "/cairn-test/first".into(),
                 value: "one".into(),
             };
             let _: KvList = eventually("write through a follower", BOOT, || {
                 clients[1].post(paths::STORE_KV, &put)
             })
             .await;
-            let key = format!("{}?key=/registry/first", paths::STORE_KV);
+            let key = format!("{}?key=/cairn-test/first", paths::STORE_KV);
             let read: KvList =
                 eventually("read from the third", BOOT, || clients[2].get(&key)).await;
             assert_eq!(read.entries[0].value, "one");
@@ -121,14 +121,14 @@ fn three_control_planes_replicate_and_survive_the_leader_powering_off() {
             .await;
             assert_ne!(members.leader, Some(leader_id));
             let put = KvPut {
-                key: "/registry/second".into(),
+                key: "/cairn-test/second".into(),
                 value: "two".into(),
             };
             let _: KvList = eventually("a write after the failover", BOOT, || {
                 clients[0].post(paths::STORE_KV, &put)
             })
             .await;
-            let prefix = format!("{}?prefix=/registry/", paths::STORE_KV);
+            let prefix = format!("{}?prefix=/cairn-test/", paths::STORE_KV);
             let both: KvList = eventually("both keys", BOOT, || clients[1].get(&prefix)).await;
             let values: Vec<&str> = both.entries.iter().map(|e| e.value.as_str()).collect();
             assert_eq!(values, ["one", "two"]);
