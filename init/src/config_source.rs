@@ -1,7 +1,10 @@
 //! Where a node's machine configuration comes from, in order of precedence:
-//! the kernel parameter `cairn.config=` (base64), then the QEMU fw_cfg entry
+//! the kernel parameter `cairn.config=` (base64 of the YAML, or of the YAML gzipped so
+//! that a config with certificates fits the kernel's 2,048-byte command line), then the
+//! QEMU fw_cfg entry
 //! `opt/cairn/machine.yaml`; a hosted node reads the file given with `--config`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -11,10 +14,15 @@ use tracing::warn;
 use crate::cmdline::KernelCmdline;
 use crate::sys::Syscalls;
 
-/// The kernel parameter carrying a base64 machine config.
+/// The kernel parameter carrying a base64 machine config (plain or gzipped YAML).
 pub const CMDLINE_PARAM: &str = "cairn.config";
 /// The fw_cfg entry name (`-fw_cfg name=opt/cairn/machine.yaml,file=…`).
 pub const FW_CFG_NAME: &str = "opt/cairn/machine.yaml";
+/// The most a gzipped `cairn.config=` may inflate to: far beyond any machine config,
+/// and small enough that a hostile one cannot exhaust PID 1's memory.
+pub const MAX_INFLATED_CONFIG: u64 = 1 << 20;
+/// The two bytes every gzip stream starts with.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Where the `qemu_fw_cfg` driver exposes that entry.
 pub const FW_CFG_PATH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/cairn/machine.yaml/raw";
 
@@ -50,6 +58,12 @@ pub enum ConfigSourceError {
     /// `cairn.config=` is not base64.
     #[error("kernel parameter {CMDLINE_PARAM}= is not valid base64")]
     Base64(#[source] base64::DecodeError),
+    /// `cairn.config=` is gzip that does not inflate.
+    #[error("kernel parameter {CMDLINE_PARAM}= is gzip that does not inflate")]
+    Gzip(#[source] std::io::Error),
+    /// `cairn.config=` inflates past [`MAX_INFLATED_CONFIG`].
+    #[error("kernel parameter {CMDLINE_PARAM}= inflates to more than {MAX_INFLATED_CONFIG} bytes")]
+    TooLarge,
     /// A source could not be read.
     #[error("cannot read the machine configuration from {source_name}")]
     Read {
@@ -111,6 +125,7 @@ pub fn find_for_pid1(
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .map_err(ConfigSourceError::Base64)?;
+        let bytes = inflate_if_gzip(bytes)?;
         if from_fw_cfg.is_some() {
             warn!("both {CMDLINE_PARAM}= and fw_cfg carry a config; using {CMDLINE_PARAM}=");
         }
@@ -138,6 +153,22 @@ pub fn read_file(path: &Path) -> Result<RawConfig, ConfigSourceError> {
         text: text(bytes, source.clone())?,
         source,
     })
+}
+
+/// Inflates `bytes` if they are a gzip stream; anything else is returned as it is.
+fn inflate_if_gzip(bytes: Vec<u8>) -> Result<Vec<u8>, ConfigSourceError> {
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return Ok(bytes);
+    }
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .take(MAX_INFLATED_CONFIG + 1)
+        .read_to_end(&mut inflated)
+        .map_err(ConfigSourceError::Gzip)?;
+    if inflated.len() as u64 > MAX_INFLATED_CONFIG {
+        return Err(ConfigSourceError::TooLarge);
+    }
+    Ok(inflated)
 }
 
 fn text(bytes: Vec<u8>, source: ConfigSource) -> Result<String, ConfigSourceError> {
@@ -168,6 +199,40 @@ mod tests {
         let raw = find_for_pid1(&sys, &line).expect("found");
         assert_eq!(raw.source, ConfigSource::KernelCmdline);
         assert_eq!(raw.text, DOC);
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).expect("gzip into memory");
+        encoder.finish().expect("gzip into memory")
+    }
+
+    #[test]
+    fn gzipped_cmdline_config_is_inflated() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(gzip(DOC.as_bytes()));
+        let line = KernelCmdline::parse(&format!("{CMDLINE_PARAM}={encoded}"));
+        let raw = find_for_pid1(&RecordingSyscalls::default(), &line).expect("found");
+        assert_eq!(raw.text, DOC);
+    }
+
+    #[test]
+    fn truncated_gzip_is_named() {
+        let mut stream = gzip(DOC.as_bytes());
+        stream.truncate(stream.len() / 2);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(stream);
+        let line = KernelCmdline::parse(&format!("{CMDLINE_PARAM}={encoded}"));
+        let err = find_for_pid1(&RecordingSyscalls::default(), &line).expect_err("truncated");
+        assert!(matches!(err, ConfigSourceError::Gzip(_)), "{err}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused() {
+        let bomb = vec![b' '; MAX_INFLATED_CONFIG as usize + 1];
+        let encoded = base64::engine::general_purpose::STANDARD.encode(gzip(&bomb));
+        let line = KernelCmdline::parse(&format!("{CMDLINE_PARAM}={encoded}"));
+        let err = find_for_pid1(&RecordingSyscalls::default(), &line).expect_err("too large");
+        assert!(matches!(err, ConfigSourceError::TooLarge), "{err}");
     }
 
     #[test]

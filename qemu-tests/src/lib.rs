@@ -32,6 +32,9 @@ use cairn_net::netns::NetNamespace;
 use crate::qmp::Qmp;
 use crate::serial::SerialLog;
 
+/// The longest kernel command line x86 Linux keeps (`COMMAND_LINE_SIZE` less its NUL).
+pub const KERNEL_CMDLINE_MAX: usize = 2047;
+
 /// Everything that can go wrong while driving VMs.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -52,6 +55,17 @@ pub enum HarnessError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The kernel command line is longer than the kernel keeps; the kernel would
+    /// silently cut it short (and print nothing), so the harness refuses it.
+    #[error(
+        "{vm}: the kernel command line is {length} bytes, past the kernel's limit of {KERNEL_CMDLINE_MAX} (gzip a cairn.config= before base64)"
+    )]
+    CmdlineTooLong {
+        /// The VM.
+        vm: String,
+        /// Its length in bytes.
+        length: usize,
     },
     /// The network namespace could not be made.
     #[error("cannot create the test network namespace")]
@@ -375,6 +389,12 @@ impl Cluster {
                 for param in &spec.extra_cmdline {
                     cmdline.push(' ');
                     cmdline.push_str(param);
+                }
+                if cmdline.len() > KERNEL_CMDLINE_MAX {
+                    return Err(HarnessError::CmdlineTooLong {
+                        vm: spec.name.clone(),
+                        length: cmdline.len(),
+                    });
                 }
                 command
                     .arg("-kernel")
