@@ -163,10 +163,56 @@ async fn run_read_barrier(
         while let Ok(next) = waiters.try_recv() {
             batch.push(next);
         }
-        let result = raft.ensure_linearizable().await.map(|_| ());
+        let result = match raft.ensure_linearizable().await {
+            Ok(_) => catch_up_with_own_log(&raft).await,
+            Err(err) => Err(err),
+        };
         for waiter in batch {
             let _ = waiter.send(result.clone());
         }
+    }
+}
+
+/// How long a confirmed leader waits to apply its own log before a read gives up.
+const READ_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Waits until this leader has applied every entry in its log, after a leadership
+/// check succeeded.
+///
+/// openraft's read index is the larger of its commit index and the first entry of the
+/// leader's term. A leader that restarts and resumes its term (its vote was committed)
+/// starts with the commit index of its state machine, so entries committed and
+/// acknowledged before the crash but not applied (or not yet durable in the state
+/// machine) lie above the read index, and the read would miss writes that clients saw
+/// succeed. Every committed entry is in the leader's log, so the log's end bounds
+/// them all; the entries up to it commit in this term as replication goes on.
+async fn catch_up_with_own_log(raft: &Raft) -> BarrierResult {
+    let (last_log, applied) = {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.last_log_index, metrics.last_applied.map(|l| l.index))
+    };
+    if last_log <= applied {
+        return Ok(());
+    }
+    match raft
+        .wait(Some(READ_CATCH_UP))
+        .applied_index_at_least(last_log, "a linearizable read")
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(openraft::metrics::WaitError::ShuttingDown) => {
+            Err(RaftError::Fatal(openraft::error::Fatal::Stopped))
+        }
+        Err(openraft::metrics::WaitError::Timeout(..)) => Err(RaftError::APIError(
+            CheckIsLeaderError::QuorumNotEnough(openraft::error::QuorumNotEnough {
+                cluster: format!(
+                    "this leader did not apply its log up to {} within {READ_CATCH_UP:?}",
+                    last_log.unwrap_or_default()
+                ),
+                got: Default::default(),
+            }),
+        )),
     }
 }
 
