@@ -190,7 +190,10 @@ async fn catch_up_with_own_log(raft: &Raft) -> BarrierResult {
     let (last_log, applied) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
-        (metrics.last_log_index, metrics.last_applied.map(|l| l.index))
+        (
+            metrics.last_log_index,
+            metrics.last_applied.map(|l| l.index),
+        )
     };
     if last_log <= applied {
         return Ok(());
