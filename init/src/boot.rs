@@ -43,10 +43,11 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
-use crate::services::apiserver::{ApiServerService, ApiServerSettings};
+use crate::services::apiserver::{ApiServerHandle, ApiServerService, ApiServerSettings};
 use crate::services::network::{NetworkHandle, NetworkService};
 use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
+use crate::services::scheduler::{SchedulerService, SchedulerSettings};
 use crate::services::store::{StoreService, StoreSettings};
 use crate::services::{self, UnknownTestService};
 use crate::state_disk::{self, STATE_DIR, StateDiskError};
@@ -784,7 +785,7 @@ async fn start_services(
     ctx.supervisor.start(Arc::new(RuntimeService::new(
         RuntimeSettings {
             root: state_dir.join("runtime"),
-            node_name,
+            node_name: node_name.clone(),
             ephemeral: settled.state_dir.is_none(),
             pod_network,
         },
@@ -803,8 +804,15 @@ async fn start_services(
             .start(Arc::new(StoreService::new(settings, ctx.store.clone())))?;
         let api =
             ApiServerSettings::from_config(&settled.config, ctx.options.kube_api_listen, names)?;
+        let api_handle = ApiServerHandle::default();
+        ctx.supervisor.start(Arc::new(ApiServerService::new(
+            api,
+            ctx.store.clone(),
+            api_handle.clone(),
+        )))?;
+        let scheduler = SchedulerSettings::from_config(&settled.config, &node_name)?;
         ctx.supervisor
-            .start(Arc::new(ApiServerService::new(api, ctx.store.clone())))?;
+            .start(Arc::new(SchedulerService::new(scheduler, api_handle)))?;
     }
     if !dhcp_links.is_empty() {
         ctx.supervisor.start(Arc::new(DhcpService {

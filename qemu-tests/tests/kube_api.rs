@@ -3,7 +3,8 @@
 //! with the admin kubeconfig a node issues (`POST /v1/kubeconfig`, what `cairnctl
 //! kubeconfig` calls): against one control plane, and against three, where a write
 //! through one node's API is read and watched through the others' and the API keeps
-//! answering after the store leader's VM powers off.
+//! answering after the store leader's VM powers off, with the scheduler (leader-elected
+//! among the control planes) still binding pods.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -387,6 +388,98 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
                 assert!(listed.contains(name), "{name} missing:\n{listed}");
             }
             python_client(survivors[1]);
+            scheduler_binds_and_explains(survivors[0]).await;
         })
         .expect("namespace");
+}
+
+/// The scheduler (on whichever control plane holds its Lease) binds a pod to a node
+/// that fits and leaves one that fits nowhere Pending with kube-scheduler's event. The
+/// node is registered through the API, as a node agent does.
+async fn scheduler_binds_and_explains(kubeconfig: &Path) {
+    let dir = kubeconfig.parent().unwrap();
+    let node = dir.join("node.yaml");
+    std::fs::write(
+        &node,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: worker-1\n  labels:\n    kubernetes.io/hostname: worker-1\n",
+    )
+    .unwrap();
+    kubectl_ok(kubeconfig, &["create", "-f", node.to_str().unwrap()]);
+    let status = r#"{"status":{"capacity":{"cpu":"2","memory":"2Gi","pods":"110"},"allocatable":{"cpu":"2","memory":"2Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#;
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "patch",
+            "node",
+            "worker-1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+    );
+    let holder = kubectl_eventually(
+        kubeconfig,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-scheduler",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+    .await;
+    assert!(
+        holder.starts_with("cp-"),
+        "scheduler lease held by {holder:?}"
+    );
+    for (name, cpu) in [("fits", "500m"), ("too-big", "64")] {
+        let pod = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &pod,
+            format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: busybox\n    resources:\n      requests:\n        cpu: \"{cpu}\"\n"),
+        )
+        .unwrap();
+        kubectl_ok(kubeconfig, &["create", "-f", pod.to_str().unwrap()]);
+    }
+    let bound = eventually("the pod bound", BOOT, || async {
+        let node = kubectl(
+            kubeconfig,
+            &["get", "pod", "fits", "-o", "jsonpath={.spec.nodeName}"],
+        )?;
+        if node.is_empty() {
+            Err("not bound yet".to_owned())
+        } else {
+            Ok(node)
+        }
+    })
+    .await;
+    assert_eq!(bound, "worker-1");
+    let events = eventually("a FailedScheduling event", BOOT, || async {
+        let events = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=too-big",
+                "-o",
+                "jsonpath={.items[*].reason}: {.items[*].message}",
+            ],
+        )?;
+        if events.contains("FailedScheduling") {
+            Ok(events)
+        } else {
+            Err(format!("events: {events:?}"))
+        }
+    })
+    .await;
+    assert!(events.contains("Insufficient cpu"), "{events}");
+    let phase = kubectl_ok(
+        kubeconfig,
+        &["get", "pod", "too-big", "-o", "jsonpath={.status.phase}"],
+    );
+    assert_eq!(phase, "Pending");
 }

@@ -498,6 +498,60 @@ fn cluster_binding(name: &str, role: &str, groups: &[&str]) -> Value {
     })
 }
 
+/// The user the scheduler authenticates as (its certificate's Common Name).
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
+
+/// What the scheduler may do, as Kubernetes' `system:kube-scheduler` role allows: follow
+/// nodes and pods, bind pods, set their scheduling condition, record events and hold its
+/// leader-election Lease.
+fn scheduler_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &["", "events.k8s.io"],
+            &["events"],
+            &["create", "patch", "update"],
+        ),
+        rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+        rule_named(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["kube-scheduler"],
+            &["get", "update"],
+        ),
+        rule(&[""], &["nodes"], READ),
+        rule(&[""], &["namespaces"], READ),
+        rule(&[""], &["pods"], &["delete", "get", "list", "watch"]),
+        rule(&[""], &["bindings", "pods/binding"], &["create"]),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(
+            &["", "apps"],
+            &[
+                "replicationcontrollers",
+                "replicasets",
+                "statefulsets",
+                "services",
+            ],
+            READ,
+        ),
+        rule(
+            &[""],
+            &["persistentvolumeclaims", "persistentvolumes"],
+            READ,
+        ),
+    ]
+}
+
+fn rule_named(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "resourceNames": names, "verbs": verbs})
+}
+
+fn user_binding(name: &str, role: &str, user: &str) -> Value {
+    let mut binding = cluster_binding(name, role, &[]);
+    binding["subjects"] =
+        json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]);
+    binding
+}
+
 /// The default ClusterRoles.
 pub fn default_cluster_roles() -> Vec<Value> {
     vec![
@@ -531,6 +585,7 @@ pub fn default_cluster_roles() -> Vec<Value> {
                 json!({"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}),
             ],
         ),
+        cluster_role(SCHEDULER_USER, scheduler_rules()),
     ]
 }
 
@@ -553,6 +608,7 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
             "system:public-info-viewer",
             &["system:authenticated", "system:unauthenticated"],
         ),
+        user_binding(SCHEDULER_USER, SCHEDULER_USER, SCHEDULER_USER),
     ]
 }
 
@@ -627,5 +683,60 @@ mod tests {
             forbidden_message(&reader, &get("secrets", Some("team"))),
             "secrets \"x\" is forbidden: User \"reader\" cannot get resource \"secrets\" in API group \"\" in the namespace \"team\""
         );
+    }
+
+    fn request(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        sub: Option<&str>,
+        name: &str,
+    ) -> Attributes {
+        Attributes::Resource {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: sub.map(str::to_owned),
+            namespace: Some("kube-system".into()),
+            name: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn the_scheduler_binds_pods_and_holds_its_own_lease_only() {
+        let policy = policy();
+        let scheduler = User::from_certificate(SCHEDULER_USER, &[]);
+        let allowed = [
+            request("create", "", "pods", Some("binding"), "web-1"),
+            request("patch", "", "pods", Some("status"), "web-1"),
+            request("watch", "", "pods", None, ""),
+            request("list", "", "nodes", None, ""),
+            request("create", "", "events", None, ""),
+            request(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                None,
+                "kube-scheduler",
+            ),
+        ];
+        for attributes in &allowed {
+            assert!(policy.allows(&scheduler, attributes), "{attributes:?}");
+        }
+        let refused = [
+            request("create", "", "pods", None, "web-1"),
+            request("get", "", "secrets", None, "token"),
+            request(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                None,
+                "kube-controller-manager",
+            ),
+            request("patch", "", "nodes", None, "n1"),
+        ];
+        for attributes in &refused {
+            assert!(!policy.allows(&scheduler, attributes), "{attributes:?}");
+        }
     }
 }

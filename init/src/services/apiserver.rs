@@ -4,7 +4,8 @@
 //! from the cluster CA, and encrypts Secrets with `cluster.secretsEncryption` (or a
 //! key derived from the CA key when the config names none).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cairn_api::MachineConfig;
@@ -137,16 +138,56 @@ fn derived_key(ca_key_pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(out)
 }
 
+/// Where this node's API server can be dialled while it serves (the scheduler and the
+/// controllers on this node are its clients).
+#[derive(Clone, Default)]
+pub struct ApiServerHandle {
+    addr: Arc<RwLock<Option<SocketAddr>>>,
+}
+
+impl ApiServerHandle {
+    /// The address to dial, if the API server serves: its listening address, with
+    /// loopback for an unspecified one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.read().ok().and_then(|a| *a)
+    }
+
+    fn set(&self, addr: Option<SocketAddr>) {
+        if let Ok(mut slot) = self.addr.write() {
+            *slot = addr.map(dialable);
+        }
+    }
+}
+
+/// `addr` with loopback in place of an unspecified IP.
+fn dialable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
 /// The API server service.
 pub struct ApiServerService {
     settings: ApiServerSettings,
     store: StoreHandle,
+    handle: ApiServerHandle,
 }
 
 impl ApiServerService {
-    /// A service serving the API with `settings` over the store in `store`.
-    pub fn new(settings: ApiServerSettings, store: StoreHandle) -> Self {
-        Self { settings, store }
+    /// A service serving the API with `settings` over the store in `store`, publishing
+    /// its address in `handle`.
+    pub fn new(settings: ApiServerSettings, store: StoreHandle, handle: ApiServerHandle) -> Self {
+        Self {
+            settings,
+            store,
+            handle,
+        }
     }
 }
 
@@ -158,6 +199,7 @@ impl Service for ApiServerService {
     fn run(&self, ctx: ServiceContext) -> BoxFuture<'static, Result<(), ServiceError>> {
         let settings = self.settings.clone();
         let store = self.store.clone();
+        let handle = self.handle.clone();
         async move {
             // The store service starts first; wait for its node.
             let node = loop {
@@ -194,7 +236,9 @@ impl Service for ApiServerService {
             .await
             .map_err(|e| ServiceError::failed("cannot start the Kubernetes API server", e))?;
             info!(address = %server.addr, "Kubernetes API serving");
+            handle.set(Some(server.addr));
             ctx.shutdown.cancelled().await;
+            handle.set(None);
             server.stop();
             Ok(())
         }
@@ -205,6 +249,16 @@ impl Service for ApiServerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unspecified_listening_address_is_dialled_on_loopback() {
+        let any: SocketAddr = "0.0.0.0:6443".parse().unwrap();
+        assert_eq!(dialable(any), "127.0.0.1:6443".parse().unwrap());
+        let any6: SocketAddr = "[::]:6443".parse().unwrap();
+        assert_eq!(dialable(any6), "[::1]:6443".parse().unwrap());
+        let own: SocketAddr = "10.5.0.2:6443".parse().unwrap();
+        assert_eq!(dialable(own), own);
+    }
 
     #[test]
     fn endpoint_hosts_are_found() {

@@ -14,6 +14,7 @@ pub mod link_monitor;
 pub mod network;
 pub mod podnet;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;
 pub mod testing;
 
