@@ -55,6 +55,26 @@ pub fn cairn_binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// A copy of `binary` without its symbol tables, beside the image: a node has no
+/// debugger to read them, and they are a quarter of the binary. Panic messages keep
+/// their file and line; backtraces on a node lose function names.
+fn stripped(binary: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(image_dir())
+        .with_context(|| format!("creating {}", image_dir().display()))?;
+    let out = image_dir().join("cairn.stripped");
+    let status = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&out)
+        .arg(binary)
+        .status()
+        .context("running strip (Debian's binutils; cargo xtask deps installs it)")?;
+    if !status.success() {
+        bail!("strip --strip-all {} failed ({status})", binary.display());
+    }
+    Ok(out)
+}
+
 /// Refuses a dynamically linked `/init`: the kernel would fail to start it with an
 /// unhelpful "No working init found".
 fn ensure_static(binary: &Path) -> anyhow::Result<()> {
@@ -97,7 +117,8 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 /// Builds the whole image and prints each artefact's size.
 pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
-    let cairn = cairn_binary()?;
+    let built = cairn_binary()?;
+    let cairn = stripped(&built)?;
     let spec = ImageSpec {
         cairn_binary: cairn.clone(),
         out_dir: image_dir(),

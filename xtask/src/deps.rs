@@ -12,6 +12,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-utils",
     "linux-image-amd64",
     "busybox-static",
+    // `strip` takes the symbol tables out of the initramfs's copy of `cairn`.
+    "binutils",
     "cpio",
     "zstd",
     "grub-pc-bin",
