@@ -775,6 +775,21 @@ impl Call<'_> {
         {
             return Err(ApiError::conflict(&self.resource, &name));
         }
+        // A uid in the body is a precondition, as in Kubernetes: the kubelet's status
+        // patches carry one so they cannot land on a newer object of the same name.
+        let stored_uid = meta::meta_str(&current.object, "uid").unwrap_or("");
+        if let Some(uid) = new.pointer("/metadata/uid").and_then(Value::as_str)
+            && !uid.is_empty()
+            && uid != stored_uid
+        {
+            return Err(ApiError::conflict_because(
+                &self.resource,
+                &name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {stored_uid}"
+                ),
+            ));
+        }
         let status_only = subresource == Some("status");
         kinds::on_update(&self.resource, &mut new, &current.object, status_only);
         if meta::is_deleting(&current.object) {
