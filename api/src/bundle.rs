@@ -3,6 +3,7 @@
 
 use time::Duration;
 
+use crate::kubeconfig::{NODE_USER_PREFIX, NODES_GROUP};
 use crate::machine_config::{
     API_VERSION, CaCerts, CertsSpec, ClusterSpec, EncryptionKeySpec, InstallSpec, InterfaceConfig,
     KIND, MachineConfig, MachineSpec, MachineType, NetworkSpec, NodeCerts, SecretsEncryptionSpec,
@@ -78,6 +79,7 @@ impl Secrets {
                     key: Some(self.ca.key_pem().to_owned()),
                 },
                 node: None,
+                agent: None,
             },
             MachineType::Worker => {
                 let mut names = vec![
@@ -93,6 +95,11 @@ impl Secrets {
                 let issued = self
                     .ca
                     .issue_server(&node.hostname, &names, CERT_VALIDITY)?;
+                let agent = self.ca.issue_user(
+                    &format!("{NODE_USER_PREFIX}{}", node.hostname),
+                    Some(NODES_GROUP),
+                    CERT_VALIDITY,
+                )?;
                 CertsSpec {
                     ca: CaCerts {
                         crt: self.ca.cert_pem().to_owned(),
@@ -101,6 +108,10 @@ impl Secrets {
                     node: Some(NodeCerts {
                         crt: issued.cert_pem,
                         key: issued.key_pem,
+                    }),
+                    agent: Some(NodeCerts {
+                        crt: agent.cert_pem,
+                        key: agent.key_pem,
                     }),
                 }
             }
@@ -190,6 +201,16 @@ mod tests {
             .unwrap()
             .alt_names;
         assert!(names.contains(&"10.5.0.3".to_owned()) && names.contains(&"127.0.0.1".to_owned()));
+        // The worker's node agent is system:node:<hostname> in system:nodes.
+        let worker = secrets.machine_config(&node(MachineType::Worker)).unwrap();
+        let agent =
+            crate::pki::cert_info(&worker.machine.certs.agent.unwrap().crt, "agent").unwrap();
+        assert_eq!(agent.common_name.as_deref(), Some("system:node:n1"));
+        assert_eq!(agent.organizations, [NODES_GROUP]);
+        let control_plane = secrets
+            .machine_config(&node(MachineType::Controlplane))
+            .unwrap();
+        assert!(control_plane.machine.certs.agent.is_none());
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::pki::{Ca, PkiError};
 pub const ADMIN_GROUP: &str = "system:masters";
 /// The user name of admin kubeconfigs.
 pub const ADMIN_USER: &str = "admin";
+/// The group node agents are in (the kubelets' group in Kubernetes).
+pub const NODES_GROUP: &str = "system:nodes";
+/// How node agents' user names start: `system:node:<node name>`.
+pub const NODE_USER_PREFIX: &str = "system:node:";
 /// How long an admin kubeconfig's certificate is valid.
 pub const ADMIN_VALIDITY: Duration = Duration::days(365);
 
@@ -36,30 +40,67 @@ pub fn render(
     server: &str,
     credentials: Credentials<'_>,
 ) -> Result<String, PkiError> {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let (user, auth) = match credentials {
+    Ok(match credentials {
         Credentials::Certificate {
             user,
             group,
             valid_for,
         } => {
             let cert = ca.issue_user(user, group, valid_for)?;
-            (
-                user.to_owned(),
-                format!(
-                    "    client-certificate-data: {}\n    client-key-data: {}\n",
-                    b64(&cert.cert_pem),
-                    b64(&cert.key_pem)
-                ),
+            with_certificate(
+                ca.cert_pem(),
+                cluster,
+                server,
+                user,
+                &cert.cert_pem,
+                &cert.key_pem,
             )
         }
-        Credentials::Token(token) => ("token".to_owned(), format!("    token: {token}\n")),
-    };
+        Credentials::Token(token) => document(
+            ca.cert_pem(),
+            cluster,
+            server,
+            "token",
+            &format!("    token: {token}\n"),
+        ),
+    })
+}
+
+/// A kubeconfig for `server` of cluster `cluster` (whose CA certificate is
+/// `ca_cert_pem`) as `user`, with a client certificate issued before.
+pub fn with_certificate(
+    ca_cert_pem: &str,
+    cluster: &str,
+    server: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> String {
+    document(
+        ca_cert_pem,
+        cluster,
+        server,
+        user,
+        &format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(cert_pem),
+            b64(key_pem)
+        ),
+    )
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The kubeconfig document: one cluster, one user authenticating with `auth` (its
+/// indented YAML lines), one context.
+fn document(ca_cert_pem: &str, cluster: &str, server: &str, user: &str, auth: &str) -> String {
     let context = format!("{user}@{cluster}");
-    Ok(format!(
+    format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: {context}\n  context:\n    cluster: {cluster}\n    user: {context}\n    namespace: default\ncurrent-context: {context}\nusers:\n- name: {context}\n  user:\n{auth}",
-        ca = b64(ca.cert_pem()),
-    ))
+        ca = b64(ca_cert_pem),
+    )
 }
 
 /// An admin kubeconfig (`system:masters`) for `server`.

@@ -327,6 +327,11 @@ pub struct CertsSpec {
     /// This node's machine API certificate and key (needed when the CA key is absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeCerts>,
+    /// The node agent's client certificate for the Kubernetes API
+    /// (`system:node:<hostname>` in `system:nodes`): workers need it, control planes
+    /// issue their own from the CA key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<NodeCerts>,
 }
 
 /// The cluster CA, PEM.
@@ -974,8 +979,8 @@ impl MachineConfig {
         if certs.ca.key.is_some() {
             certs.ca.key = Some(REDACTED.to_owned());
         }
-        if let Some(node) = &mut certs.node {
-            node.key = REDACTED.to_owned();
+        for pair in [&mut certs.node, &mut certs.agent].into_iter().flatten() {
+            pair.key = REDACTED.to_owned();
         }
         if let Some(cluster) = &mut copy.cluster {
             cluster.token = REDACTED.to_owned();
@@ -1293,28 +1298,38 @@ fn check_certs(certs: &CertsSpec, problems: &mut Vec<FieldError>) {
             "is required unless machine.certs.ca.key is given (the node then issues its own)",
         )),
         None => {}
-        Some(node) => {
-            let node_ok = pki::cert_info(&node.crt, "machine.certs.node.crt").is_ok();
-            if !node_ok {
-                problems.push(FieldError::new(
-                    "machine.certs.node.crt",
-                    "is not a PEM X.509 certificate",
-                ));
-            } else if ca_ok && !pki::is_signed_by(&node.crt, &certs.ca.crt).unwrap_or(false) {
-                problems.push(FieldError::new(
-                    "machine.certs.node.crt",
-                    "is not signed by machine.certs.ca.crt",
-                ));
-            }
-            check_key(
-                &node.crt,
-                &node.key,
-                node_ok,
-                "machine.certs.node.key",
-                problems,
-            );
-        }
+        Some(node) => check_issued(node, "machine.certs.node", &certs.ca.crt, ca_ok, problems),
     }
+    if let Some(agent) = &certs.agent {
+        check_issued(agent, "machine.certs.agent", &certs.ca.crt, ca_ok, problems);
+    }
+}
+
+/// Checks a certificate and key the cluster CA (`ca`, usable when `ca_ok`) issued.
+fn check_issued(
+    pair: &NodeCerts,
+    path: &str,
+    ca: &str,
+    ca_ok: bool,
+    problems: &mut Vec<FieldError>,
+) {
+    let crt = format!("{path}.crt");
+    let cert_ok = pki::cert_info(&pair.crt, "certificate").is_ok();
+    if !cert_ok {
+        problems.push(FieldError::new(&crt, "is not a PEM X.509 certificate"));
+    } else if ca_ok && !pki::is_signed_by(&pair.crt, ca).unwrap_or(false) {
+        problems.push(FieldError::new(
+            &crt,
+            "is not signed by machine.certs.ca.crt",
+        ));
+    }
+    check_key(
+        &pair.crt,
+        &pair.key,
+        cert_ok,
+        &format!("{path}.key"),
+        problems,
+    );
 }
 
 fn check_key(cert: &str, key: &str, cert_ok: bool, path: &str, problems: &mut Vec<FieldError>) {
@@ -2026,6 +2041,28 @@ mod tests {
         assert_eq!(
             problems_of(&config),
             ["machine.certs.node.crt: is not signed by machine.certs.ca.crt"]
+        );
+        let mut config = valid();
+        let stranger = other
+            .issue_user(
+                "system:node:node-1",
+                Some("system:nodes"),
+                time::Duration::days(1),
+            )
+            .unwrap();
+        config.machine.certs.agent = Some(NodeCerts {
+            crt: stranger.cert_pem,
+            key: other
+                .issue_user("x", None, time::Duration::days(1))
+                .unwrap()
+                .key_pem,
+        });
+        assert_eq!(
+            problems_of(&config),
+            [
+                "machine.certs.agent.crt: is not signed by machine.certs.ca.crt",
+                "machine.certs.agent.key: does not match its certificate"
+            ]
         );
         let mut config = valid();
         config.machine.certs.ca.key = None;

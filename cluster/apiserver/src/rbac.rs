@@ -541,6 +541,44 @@ fn scheduler_rules() -> Vec<Value> {
     ]
 }
 
+/// The ClusterRole of node agents.
+pub const NODE_ROLE: &str = "system:node";
+
+/// What node agents may do, as Kubernetes' `system:node` role allows: register and
+/// update Nodes, follow and report the pods (and read what they mount), delete a pod
+/// once it stopped, hold node Leases, issue pods' service-account tokens, record
+/// events. Kubernetes narrows this per node with its Node authorizer; Cairn does not
+/// yet, so a node's credentials reach every node's pods and secrets.
+fn node_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &["nodes"],
+            &["create", "get", "list", "watch", "patch", "update"],
+        ),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(&[""], &["pods"], &["get", "list", "watch", "delete"]),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(
+            &[""],
+            &["configmaps", "secrets", "services", "endpoints"],
+            READ,
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(
+            &["", "events.k8s.io"],
+            &["events"],
+            &["create", "patch", "update"],
+        ),
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["create", "get", "update", "delete"],
+        ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+    ]
+}
+
 fn rule_named(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "resourceNames": names, "verbs": verbs})
 }
@@ -586,6 +624,7 @@ pub fn default_cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role(SCHEDULER_USER, scheduler_rules()),
+        cluster_role(NODE_ROLE, node_rules()),
     ]
 }
 
@@ -609,6 +648,7 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
             &["system:authenticated", "system:unauthenticated"],
         ),
         user_binding(SCHEDULER_USER, SCHEDULER_USER, SCHEDULER_USER),
+        cluster_binding(NODE_ROLE, NODE_ROLE, &[cairn_api::kubeconfig::NODES_GROUP]),
     ]
 }
 
@@ -737,6 +777,37 @@ mod tests {
         ];
         for attributes in &refused {
             assert!(!policy.allows(&scheduler, attributes), "{attributes:?}");
+        }
+    }
+
+    #[test]
+    fn node_agents_register_report_and_finish_pods_but_create_none() {
+        let policy = policy();
+        let agent = User::from_certificate(
+            "system:node:n1",
+            &[cairn_api::kubeconfig::NODES_GROUP.to_owned()],
+        );
+        let allowed = [
+            request("create", "", "nodes", None, "n1"),
+            request("patch", "", "nodes", Some("status"), "n1"),
+            request("watch", "", "pods", None, ""),
+            request("patch", "", "pods", Some("status"), "web-1"),
+            request("delete", "", "pods", None, "web-1"),
+            request("get", "", "secrets", None, "creds"),
+            request("create", "", "serviceaccounts", Some("token"), "default"),
+            request("update", "coordination.k8s.io", "leases", None, "n1"),
+        ];
+        for attributes in &allowed {
+            assert!(policy.allows(&agent, attributes), "{attributes:?}");
+        }
+        let refused = [
+            request("create", "", "pods", None, "web-1"),
+            request("create", "", "pods", Some("binding"), "web-1"),
+            request("delete", "", "nodes", None, "n2"),
+            request("create", "", "secrets", None, "x"),
+        ];
+        for attributes in &refused {
+            assert!(!policy.allows(&agent, attributes), "{attributes:?}");
         }
     }
 }
