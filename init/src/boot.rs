@@ -43,6 +43,7 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
+use crate::services::agent::{AgentService, AgentServiceSettings};
 use crate::services::apiserver::{ApiServerHandle, ApiServerService, ApiServerSettings};
 use crate::services::network::{NetworkHandle, NetworkService};
 use crate::services::podnet::{PodNetService, PodNetSettings};
@@ -787,11 +788,12 @@ async fn start_services(
             root: state_dir.join("runtime"),
             node_name: node_name.clone(),
             ephemeral: settled.state_dir.is_none(),
-            pod_network,
+            pod_network: pod_network.clone(),
         },
         config_manager,
         ctx.runtime.clone(),
     )))?;
+    let mut local_api = None;
     if control_plane {
         let names = live::node_names(&settled.config, &ctx.host).await;
         let settings = StoreSettings::from_config(
@@ -811,8 +813,22 @@ async fn start_services(
             api_handle.clone(),
         )))?;
         let scheduler = SchedulerSettings::from_config(&settled.config, &node_name)?;
-        ctx.supervisor
-            .start(Arc::new(SchedulerService::new(scheduler, api_handle)))?;
+        ctx.supervisor.start(Arc::new(SchedulerService::new(
+            scheduler,
+            api_handle.clone(),
+        )))?;
+        local_api = Some(api_handle);
+    }
+    match AgentServiceSettings::from_config(&settled.config, &node_name) {
+        Ok(Some(settings)) => ctx.supervisor.start(Arc::new(AgentService::new(
+            settings,
+            ctx.runtime.clone(),
+            pod_network,
+            local_api,
+        )))?,
+        Ok(None) => {}
+        // The node still serves its machine API, where a fixed config can be applied.
+        Err(err) => warn!(error = %err, "no node agent on this node"),
     }
     if !dhcp_links.is_empty() {
         ctx.supervisor.start(Arc::new(DhcpService {

@@ -3,10 +3,13 @@
 //! with the admin kubeconfig a node issues (`POST /v1/kubeconfig`, what `cairnctl
 //! kubeconfig` calls): against one control plane, and against three, where a write
 //! through one node's API is read and watched through the others' and the API keeps
-//! answering after the store leader's VM powers off, with the scheduler (leader-elected
-//! among the control planes) still binding pods.
+//! answering after the store leader's VM powers off, with every node's agent
+//! registered and the scheduler (leader-elected among the control planes) still
+//! binding pods that the agents then run.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,8 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cairn_api::client_config::Context;
-use cairn_api::machine_api::{Ack, KubeconfigResponse, StoreMembers, paths};
+use cairn_api::machine_api::{Ack, ImageInfo, KubeconfigResponse, StoreMembers, paths};
 use cairn_api::pki::Role;
+use cairn_runtime::test_images::BUSYBOX_IMAGE;
 use cairnctl::client::{ClientError, NodeClient};
 use qemu_tests::{Cluster, Vm, VmSpec, configs, eventually};
 
@@ -388,36 +392,40 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
                 assert!(listed.contains(name), "{name} missing:\n{listed}");
             }
             python_client(survivors[1]);
-            scheduler_binds_and_explains(survivors[0]).await;
+            let survivor = (0..3).find(|&i| i != leader).unwrap();
+            agents_run_what_the_scheduler_binds(
+                survivors[0],
+                &format!("cp-{}", survivor + 1),
+                &apis[survivor],
+                &admin,
+            )
+            .await;
         })
         .expect("namespace");
 }
 
-/// The scheduler (on whichever control plane holds its Lease) binds a pod to a node
-/// that fits and leaves one that fits nowhere Pending with kube-scheduler's event. The
-/// node is registered through the API, as a node agent does.
-async fn scheduler_binds_and_explains(kubeconfig: &Path) {
-    let dir = kubeconfig.parent().unwrap();
-    let node = dir.join("node.yaml");
-    std::fs::write(
-        &node,
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: worker-1\n  labels:\n    kubernetes.io/hostname: worker-1\n",
-    )
-    .unwrap();
-    kubectl_ok(kubeconfig, &["create", "-f", node.to_str().unwrap()]);
-    let status = r#"{"status":{"capacity":{"cpu":"2","memory":"2Gi","pods":"110"},"allocatable":{"cpu":"2","memory":"2Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#;
-    kubectl_ok(
-        kubeconfig,
-        &[
-            "patch",
-            "node",
-            "worker-1",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            status,
-        ],
-    );
+/// Every control plane's node agent registered its Node (Ready, with its role and
+/// version); the scheduler (on whichever control plane holds its Lease) binds a pod to
+/// the surviving node `node` (machine API at `machine_api`), whose agent runs it once
+/// its image is imported and reports it Running with an address, and deletes it when
+/// asked; a pod that fits nowhere stays Pending with kube-scheduler's event.
+async fn agents_run_what_the_scheduler_binds(
+    kubeconfig: &Path,
+    node: &str,
+    machine_api: &str,
+    admin: &Context,
+) {
+    let nodes = kubectl_eventually(kubeconfig, &["get", "nodes", "--no-headers"]).await;
+    for name in ["cp-1", "cp-2", "cp-3"] {
+        let line = nodes
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not registered:\n{nodes}"));
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns[1], "Ready", "{line}");
+        assert_eq!(columns[2], "control-plane", "{line}");
+        assert!(columns[4].starts_with("v1."), "{line}");
+    }
     let holder = kubectl_eventually(
         kubeconfig,
         &[
@@ -435,28 +443,53 @@ async fn scheduler_binds_and_explains(kubeconfig: &Path) {
         holder.starts_with("cp-"),
         "scheduler lease held by {holder:?}"
     );
-    for (name, cpu) in [("fits", "500m"), ("too-big", "64")] {
-        let pod = dir.join(format!("{name}.yaml"));
-        std::fs::write(
-            &pod,
-            format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: busybox\n    resources:\n      requests:\n        cpu: \"{cpu}\"\n"),
+    let operator = NodeClient::new(machine_api, admin).unwrap();
+    let _: Vec<ImageInfo> = operator
+        .post_bytes(
+            paths::IMAGES,
+            common::busybox_archive(),
+            "application/x-tar",
         )
+        .await
         .unwrap();
-        kubectl_ok(kubeconfig, &["create", "-f", pod.to_str().unwrap()]);
+    let dir = kubeconfig.parent().unwrap();
+    let manifests = [
+        (
+            "fits",
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fits\nspec:\n  nodeSelector:\n    kubernetes.io/hostname: {node}\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: app\n    image: {BUSYBOX_IMAGE}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n    resources:\n      requests:\n        cpu: \"100m\"\n"
+            ),
+        ),
+        (
+            "too-big",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: too-big\nspec:\n  containers:\n  - name: app\n    image: busybox\n    resources:\n      requests:\n        cpu: \"64\"\n".to_owned(),
+        ),
+    ];
+    for (name, manifest) in &manifests {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        kubectl_ok(kubeconfig, &["create", "-f", file.to_str().unwrap()]);
     }
-    let bound = eventually("the pod bound", BOOT, || async {
-        let node = kubectl(
+    let wide = eventually("fits Running on its node", BOOT, || async {
+        let wide = kubectl(
             kubeconfig,
-            &["get", "pod", "fits", "-o", "jsonpath={.spec.nodeName}"],
+            &["get", "pod", "fits", "-o", "wide", "--no-headers"],
         )?;
-        if node.is_empty() {
-            Err("not bound yet".to_owned())
+        let columns: Vec<&str> = wide.split_whitespace().collect();
+        if columns.get(1) == Some(&"1/1") && columns.get(2) == Some(&"Running") {
+            Ok(wide)
         } else {
-            Ok(node)
+            Err(format!("fits: {wide}"))
         }
     })
     .await;
-    assert_eq!(bound, "worker-1");
+    let columns: Vec<&str> = wide.split_whitespace().collect();
+    // NAME READY STATUS RESTARTS AGE IP NODE …
+    assert_eq!(columns[6], node, "{wide}");
+    assert!(
+        columns[5].parse::<std::net::Ipv4Addr>().is_ok(),
+        "fits has no pod IP: {wide}"
+    );
     let events = eventually("a FailedScheduling event", BOOT, || async {
         let events = kubectl(
             kubeconfig,
@@ -482,4 +515,11 @@ async fn scheduler_binds_and_explains(kubeconfig: &Path) {
         &["get", "pod", "too-big", "-o", "jsonpath={.status.phase}"],
     );
     assert_eq!(phase, "Pending");
+    // Deleted: the agent stops it within its grace period, then it is gone.
+    kubectl_ok(
+        kubeconfig,
+        &["delete", "pod", "fits", "--wait=true", "--timeout=60s"],
+    );
+    let left = kubectl_ok(kubeconfig, &["get", "pods", "-o", "name"]);
+    assert!(!left.contains("pod/fits"), "{left}");
 }

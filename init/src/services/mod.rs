@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::supervisor::Service;
 
+pub mod agent;
 pub mod apiserver;
+pub mod kube_client;
 pub mod link_monitor;
 pub mod network;
 pub mod podnet;

@@ -32,8 +32,8 @@ use crate::supervisor::{Service, ServiceContext, ServiceError};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the static pods are compared with the running config.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-/// The uid prefix of static pods (others come from the cluster, later).
-const STATIC_PREFIX: &str = "static-";
+/// The uid prefix of static pods (the node agent's pods have the API's uids).
+pub const STATIC_PREFIX: &str = "static-";
 
 /// The running runtime, once the service has opened it (the machine API reads it).
 #[derive(Clone, Default)]

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use cairn_api::MachineConfig;
-use cairn_api::kubeconfig::Credentials;
 use cairn_api::pki::Ca;
 use cairn_apiserver::rbac::SCHEDULER_USER;
 use cairn_leader::ElectionOptions;
@@ -16,13 +15,11 @@ use futures::future::BoxFuture;
 use tracing::info;
 
 use crate::services::apiserver::{ApiServerHandle, ApiServerSetupError};
+use crate::services::kube_client;
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
 /// The scheduler's leader-election Lease, in `kube-system`, as kube-scheduler names it.
 pub const SCHEDULER_LEASE: &str = "kube-scheduler";
-
-/// How long the scheduler's client certificate is valid (issued at each start).
-const CLIENT_CERT_VALIDITY: ::time::Duration = ::time::Duration::days(365);
 
 /// What the scheduler service needs from the machine config.
 #[derive(Clone)]
@@ -69,28 +66,6 @@ impl SchedulerService {
     }
 }
 
-/// A client of the API server at `url` as `user`, with a certificate from `ca`.
-pub async fn local_client(ca: &Ca, url: &str, user: &str) -> Result<kube::Client, ServiceError> {
-    let text = cairn_api::kubeconfig::render(
-        ca,
-        "cairn",
-        url,
-        Credentials::Certificate {
-            user,
-            group: None,
-            valid_for: CLIENT_CERT_VALIDITY,
-        },
-    )
-    .map_err(|e| ServiceError::Fatal(format!("cannot issue a certificate for {user}: {e}")))?;
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
-        .map_err(|e| ServiceError::failed(format!("kubeconfig for {user}"), e))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| ServiceError::failed(format!("client configuration for {user}"), e))?;
-    kube::Client::try_from(config)
-        .map_err(|e| ServiceError::failed(format!("API client for {user}"), e))
-}
-
 impl Service for SchedulerService {
     fn name(&self) -> &str {
         "scheduler"
@@ -112,7 +87,14 @@ impl Service for SchedulerService {
             };
             let ca = Ca::from_pem(&settings.ca_cert, &settings.ca_key)
                 .map_err(|e| ServiceError::Fatal(format!("cluster CA unusable: {e}")))?;
-            let client = local_client(&ca, &format!("https://{addr}"), SCHEDULER_USER).await?;
+            let client = kube_client::issued(
+                &ca,
+                "cairn",
+                &format!("https://{addr}"),
+                SCHEDULER_USER,
+                None,
+            )
+            .await?;
             info!(api = %addr, "scheduler campaigning for the {SCHEDULER_LEASE} lease");
             let node_name = settings.node_name.clone();
             cairn_leader::lead(

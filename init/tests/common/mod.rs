@@ -142,6 +142,14 @@ impl HostedNode {
         found.into_iter().flatten().collect()
     }
 
+    /// Every line logged so far (for a failing test's report).
+    pub fn log_so_far(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
     /// Waits for the API's listening line and returns its address.
     pub fn api_address(&mut self, timeout: Duration) -> String {
         let line = self.wait_for(
