@@ -756,6 +756,22 @@ impl Call<'_> {
         }
     }
 
+    /// A uid in the body is a precondition, as in Kubernetes: the kubelet's status
+    /// patches carry one so they cannot land on a newer object of the same name.
+    fn uid_precondition(&self, current: &Stored, new: &Value) -> Result<(), ApiError> {
+        let stored = meta::meta_str(&current.object, "uid").unwrap_or("");
+        match new.pointer("/metadata/uid").and_then(Value::as_str) {
+            Some(uid) if !uid.is_empty() && uid != stored => Err(ApiError::conflict_because(
+                &self.resource,
+                meta::name_of(&current.object),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {stored}"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes `new` over `current` (revision-checked), or deletes it when an emptied
     /// finalizer list ends a pending deletion. `status` marks a `/status` write.
     async fn write(
@@ -775,21 +791,7 @@ impl Call<'_> {
         {
             return Err(ApiError::conflict(&self.resource, &name));
         }
-        // A uid in the body is a precondition, as in Kubernetes: the kubelet's status
-        // patches carry one so they cannot land on a newer object of the same name.
-        let stored_uid = meta::meta_str(&current.object, "uid").unwrap_or("");
-        if let Some(uid) = new.pointer("/metadata/uid").and_then(Value::as_str)
-            && !uid.is_empty()
-            && uid != stored_uid
-        {
-            return Err(ApiError::conflict_because(
-                &self.resource,
-                &name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {stored_uid}"
-                ),
-            ));
-        }
+        self.uid_precondition(current, &new)?;
         let status_only = subresource == Some("status");
         kinds::on_update(&self.resource, &mut new, &current.object, status_only);
         if meta::is_deleting(&current.object) {
@@ -961,6 +963,8 @@ impl Call<'_> {
             let (mut object, warnings) = kinds::admit(&self.resource, &patched, policy)
                 .map_err(|e| self.own_invalid(e, &name))?;
             self.place(&mut object)?;
+            // Not retried: another try would meet the same object.
+            self.uid_precondition(&current, &object)?;
             if !pinned {
                 meta::set_meta(
                     &mut object,

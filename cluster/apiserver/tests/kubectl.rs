@@ -771,6 +771,36 @@ async fn errors_name_the_field_unknown_fields_are_refused_and_stale_writes_confl
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("the object has been modified; please apply your changes to the latest version and try again"), "{text}");
+    // A uid in a patch is a precondition: it cannot land on another object.
+    let other = c
+        .fails(
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"uid":"not-this-one"},"spec":{"replicas":1}}"#,
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        other.contains("Precondition failed: UID in precondition: not-this-one"),
+        "{other}"
+    );
+    let uid = c
+        .ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    c.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"metadata":{{"uid":"{uid}"}},"spec":{{"replicas":2}}}}"#),
+    ])
+    .await;
     let dup = c
         .fails(&["create", "-f", &c.file("again.yaml", DEPLOYMENT)], None)
         .await;
