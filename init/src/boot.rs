@@ -45,6 +45,7 @@ use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
 use crate::services::agent::{AgentService, AgentServiceSettings};
 use crate::services::apiserver::{ApiServerHandle, ApiServerService, ApiServerSettings};
+use crate::services::controllers::ControllersService;
 use crate::services::network::{NetworkHandle, NetworkService};
 use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
@@ -813,6 +814,10 @@ async fn start_services(
             api_handle.clone(),
         )))?;
         let scheduler = SchedulerSettings::from_config(&settled.config, &node_name)?;
+        ctx.supervisor.start(Arc::new(ControllersService::new(
+            scheduler.clone(),
+            api_handle.clone(),
+        )))?;
         ctx.supervisor.start(Arc::new(SchedulerService::new(
             scheduler,
             api_handle.clone(),

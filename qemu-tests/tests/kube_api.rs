@@ -4,8 +4,9 @@
 //! kubeconfig` calls): against one control plane, and against three, where a write
 //! through one node's API is read and watched through the others' and the API keeps
 //! answering after the store leader's VM powers off, with every node's agent
-//! registered and the scheduler (leader-elected among the control planes) still
-//! binding pods that the agents then run.
+//! registered, the scheduler (leader-elected among the control planes) still binding
+//! pods that the agents then run, and the controllers marking the lost node NotReady
+//! while a ReplicaSet keeps its pods on the others.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -351,6 +352,7 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
                 ),
                 "1"
             );
+            nodes_register_ready(&kubeconfigs[0]).await;
         })
         .expect("namespace");
 
@@ -396,7 +398,19 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
             agents_run_what_the_scheduler_binds(
                 survivors[0],
                 &format!("cp-{}", survivor + 1),
+                &format!("cp-{}", leader + 1),
                 &apis[survivor],
+                &admin,
+            )
+            .await;
+            let survivor_apis: Vec<&str> = (0..3)
+                .filter(|&i| i != leader)
+                .map(|i| apis[i].as_str())
+                .collect();
+            controllers_mark_the_lost_node_and_keep_replicas(
+                survivors[1],
+                &format!("cp-{}", leader + 1),
+                &survivor_apis,
                 &admin,
             )
             .await;
@@ -404,45 +418,59 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
         .expect("namespace");
 }
 
-/// Every control plane's node agent registered its Node (Ready, with its role and
-/// version); the scheduler (on whichever control plane holds its Lease) binds a pod to
-/// the surviving node `node` (machine API at `machine_api`), whose agent runs it once
+/// Every control plane's node agent registers its Node: Ready, with its role and version.
+async fn nodes_register_ready(kubeconfig: &Path) {
+    eventually("three Ready control-plane nodes", BOOT, || async {
+        let nodes = kubectl(kubeconfig, &["get", "nodes", "--no-headers"])?;
+        for name in ["cp-1", "cp-2", "cp-3"] {
+            let line = nodes
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .ok_or_else(|| format!("{name} not registered:\n{nodes}"))?;
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if columns[1] != "Ready" {
+                return Err(line.to_owned());
+            }
+            assert_eq!(columns[2], "control-plane", "{line}");
+            assert!(columns[4].starts_with("v1."), "{line}");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Once a survivor of the lost node `lost` holds the scheduler's Lease, the scheduler
+/// binds a pod to the surviving node `node` (machine API at `machine_api`), whose agent runs it once
 /// its image is imported and reports it Running with an address, and deletes it when
 /// asked; a pod that fits nowhere stays Pending with kube-scheduler's event.
 async fn agents_run_what_the_scheduler_binds(
     kubeconfig: &Path,
     node: &str,
+    lost: &str,
     machine_api: &str,
     admin: &Context,
 ) {
-    let nodes = kubectl_eventually(kubeconfig, &["get", "nodes", "--no-headers"]).await;
-    for name in ["cp-1", "cp-2", "cp-3"] {
-        let line = nodes
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not registered:\n{nodes}"));
-        let columns: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(columns[1], "Ready", "{line}");
-        assert_eq!(columns[2], "control-plane", "{line}");
-        assert!(columns[4].starts_with("v1."), "{line}");
-    }
-    let holder = kubectl_eventually(
-        kubeconfig,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-system",
-            "kube-scheduler",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-    )
+    // The scheduler's Lease passes to a survivor if the lost node held it.
+    eventually("the scheduler lease held by a survivor", BOOT, || async {
+        let holder = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                "kube-scheduler",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+        )?;
+        if holder.starts_with("cp-") && holder != lost {
+            Ok(())
+        } else {
+            Err(format!("scheduler lease held by {holder:?}"))
+        }
+    })
     .await;
-    assert!(
-        holder.starts_with("cp-"),
-        "scheduler lease held by {holder:?}"
-    );
     let operator = NodeClient::new(machine_api, admin).unwrap();
     let _: Vec<ImageInfo> = operator
         .post_bytes(
@@ -522,4 +550,94 @@ async fn agents_run_what_the_scheduler_binds(
     );
     let left = kubectl_ok(kubeconfig, &["get", "pods", "-o", "name"]);
     assert!(!left.contains("pod/fits"), "{left}");
+}
+
+/// The node lifecycle controller marks the powered-off node `lost` NotReady and taints
+/// it unreachable; a ReplicaSet of two gets its pods Running on the surviving nodes
+/// (machine APIs at `survivors`, where the image is imported) and replaces a deleted
+/// one.
+async fn controllers_mark_the_lost_node_and_keep_replicas(
+    kubeconfig: &Path,
+    lost: &str,
+    survivors: &[&str],
+    admin: &Context,
+) {
+    let status = eventually("the lost node NotReady", BOOT, || async {
+        let line = kubectl(kubeconfig, &["get", "node", lost, "--no-headers"])?;
+        if line.split_whitespace().nth(1) == Some("NotReady") {
+            Ok(line)
+        } else {
+            Err(format!("{lost}: {line}"))
+        }
+    })
+    .await;
+    // The taints follow the condition in the controller's next pass.
+    eventually("the lost node tainted unreachable", BOOT, || async {
+        let taints = kubectl(
+            kubeconfig,
+            &["get", "node", lost, "-o", "jsonpath={.spec.taints[*].key}"],
+        )?;
+        if taints.contains("node.kubernetes.io/unreachable") {
+            Ok(())
+        } else {
+            Err(format!("{status}: taints {taints:?}"))
+        }
+    })
+    .await;
+    for api in survivors {
+        let _: Vec<ImageInfo> = NodeClient::new(api, admin)
+            .unwrap()
+            .post_bytes(
+                paths::IMAGES,
+                common::busybox_archive(),
+                "application/x-tar",
+            )
+            .await
+            .unwrap();
+    }
+    let manifest = kubeconfig.parent().unwrap().join("rs.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      terminationGracePeriodSeconds: 5\n      containers:\n      - name: app\n        image: {BUSYBOX_IMAGE}\n        command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n"
+        ),
+    )
+    .unwrap();
+    kubectl_ok(kubeconfig, &["create", "-f", manifest.to_str().unwrap()]);
+    let running = |want: usize| async move {
+        eventually(&format!("{want} web pods Running"), BOOT, || async {
+            let pods = kubectl(
+                kubeconfig,
+                &["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"],
+            )?;
+            let up = pods
+                .lines()
+                .filter(|l| l.split_whitespace().nth(2) == Some("Running"))
+                .count();
+            if up == want && pods.lines().count() == want {
+                Ok(pods)
+            } else {
+                Err(format!("pods:\n{pods}"))
+            }
+        })
+        .await
+    };
+    let pods = running(2).await;
+    assert!(!pods.contains(lost), "a pod on the lost node:\n{pods}");
+    let victim = pods.split_whitespace().next().unwrap().to_owned();
+    kubectl_ok(kubeconfig, &["delete", "pod", &victim]);
+    let again = running(2).await;
+    assert!(!again.contains(&victim), "{victim} still there:\n{again}");
+    eventually("the ReplicaSet counting two ready", BOOT, || async {
+        let ready = kubectl(
+            kubeconfig,
+            &["get", "rs", "web", "-o", "jsonpath={.status.readyReplicas}"],
+        )?;
+        if ready == "2" {
+            Ok(())
+        } else {
+            Err(format!("readyReplicas {ready:?}"))
+        }
+    })
+    .await;
 }

@@ -541,6 +541,47 @@ fn scheduler_rules() -> Vec<Value> {
     ]
 }
 
+/// The user the controllers authenticate as (their certificate's Common Name).
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+
+/// What the controllers may do: follow and taint nodes and set their conditions,
+/// manage pods (create, delete, mark not ready), follow ReplicaSets and write their
+/// status, read node Leases, hold their own leader-election Lease, record events.
+fn controller_manager_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &["nodes"],
+            &["get", "list", "watch", "patch", "update"],
+        ),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(
+            &[""],
+            &["pods"],
+            &["create", "delete", "get", "list", "watch", "patch"],
+        ),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(&["apps"], &["replicasets"], READ),
+        rule(&["apps"], &["replicasets/status"], &["patch", "update"]),
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["create", "get", "list", "watch"],
+        ),
+        rule_named(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["kube-controller-manager"],
+            &["update"],
+        ),
+        rule(
+            &["", "events.k8s.io"],
+            &["events"],
+            &["create", "patch", "update"],
+        ),
+    ]
+}
+
 /// The ClusterRole of node agents.
 pub const NODE_ROLE: &str = "system:node";
 
@@ -625,6 +666,7 @@ pub fn default_cluster_roles() -> Vec<Value> {
         ),
         cluster_role(SCHEDULER_USER, scheduler_rules()),
         cluster_role(NODE_ROLE, node_rules()),
+        cluster_role(CONTROLLER_MANAGER_USER, controller_manager_rules()),
     ]
 }
 
@@ -649,6 +691,11 @@ pub fn default_cluster_role_bindings() -> Vec<Value> {
         ),
         user_binding(SCHEDULER_USER, SCHEDULER_USER, SCHEDULER_USER),
         cluster_binding(NODE_ROLE, NODE_ROLE, &[cairn_api::kubeconfig::NODES_GROUP]),
+        user_binding(
+            CONTROLLER_MANAGER_USER,
+            CONTROLLER_MANAGER_USER,
+            CONTROLLER_MANAGER_USER,
+        ),
     ]
 }
 
@@ -808,6 +855,48 @@ mod tests {
         ];
         for attributes in &refused {
             assert!(!policy.allows(&agent, attributes), "{attributes:?}");
+        }
+    }
+
+    #[test]
+    fn the_controllers_manage_pods_and_nodes_but_read_no_secrets() {
+        let policy = policy();
+        let controllers = User::from_certificate(CONTROLLER_MANAGER_USER, &[]);
+        let allowed = [
+            request("create", "", "pods", None, "web-1"),
+            request("delete", "", "pods", None, "web-1"),
+            request("patch", "", "pods", Some("status"), "web-1"),
+            request("patch", "", "nodes", None, "n1"),
+            request("patch", "", "nodes", Some("status"), "n1"),
+            request("watch", "apps", "replicasets", None, ""),
+            request("update", "apps", "replicasets", Some("status"), "web"),
+            request("list", "coordination.k8s.io", "leases", None, ""),
+            request(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                None,
+                "kube-controller-manager",
+            ),
+            request("create", "", "events", None, ""),
+        ];
+        for attributes in &allowed {
+            assert!(policy.allows(&controllers, attributes), "{attributes:?}");
+        }
+        let refused = [
+            request("get", "", "secrets", None, "token"),
+            request("delete", "", "nodes", None, "n1"),
+            request(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                None,
+                "kube-scheduler",
+            ),
+            request("create", "", "pods", Some("binding"), "web-1"),
+        ];
+        for attributes in &refused {
+            assert!(!policy.allows(&controllers, attributes), "{attributes:?}");
         }
     }
 }

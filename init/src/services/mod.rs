@@ -11,6 +11,7 @@ use crate::supervisor::Service;
 
 pub mod agent;
 pub mod apiserver;
+pub mod controllers;
 pub mod kube_client;
 pub mod link_monitor;
 pub mod network;
