@@ -545,8 +545,10 @@ fn scheduler_rules() -> Vec<Value> {
 pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
 /// What the controllers may do: follow and taint nodes and set their conditions,
-/// manage pods (create, delete, mark not ready), follow ReplicaSets and write their
-/// status, read node Leases, hold their own leader-election Lease, record events.
+/// manage pods (create, delete, mark not ready), manage ReplicaSets and Deployments'
+/// revisions and write their status, read node Leases, hold their own
+/// leader-election Lease, record events; and, as kube-controller-manager's garbage
+/// collector, read, patch and delete any object (owner references and finalizers).
 fn controller_manager_rules() -> Vec<Value> {
     vec![
         rule(
@@ -561,8 +563,18 @@ fn controller_manager_rules() -> Vec<Value> {
             &["create", "delete", "get", "list", "watch", "patch"],
         ),
         rule(&[""], &["pods/status"], &["patch", "update"]),
-        rule(&["apps"], &["replicasets"], READ),
-        rule(&["apps"], &["replicasets/status"], &["patch", "update"]),
+        rule(&["*"], &["*"], &["get", "list", "watch", "patch", "delete"]),
+        rule(&["apps"], &["replicasets"], &["create"]),
+        rule(
+            &["apps"],
+            &[
+                "replicasets/status",
+                "deployments/status",
+                "daemonsets/status",
+                "jobs/status",
+            ],
+            &["patch", "update"],
+        ),
         rule(
             &["coordination.k8s.io"],
             &["leases"],
@@ -859,7 +871,7 @@ mod tests {
     }
 
     #[test]
-    fn the_controllers_manage_pods_and_nodes_but_read_no_secrets() {
+    fn the_controllers_manage_workloads_and_collect_garbage_but_bind_nothing() {
         let policy = policy();
         let controllers = User::from_certificate(CONTROLLER_MANAGER_USER, &[]);
         let allowed = [
@@ -879,13 +891,16 @@ mod tests {
                 "kube-controller-manager",
             ),
             request("create", "", "events", None, ""),
+            request("create", "apps", "replicasets", None, "web-5d8"),
+            request("patch", "apps", "deployments", Some("status"), "web"),
+            request("delete", "", "secrets", None, "owned"),
         ];
         for attributes in &allowed {
             assert!(policy.allows(&controllers, attributes), "{attributes:?}");
         }
         let refused = [
-            request("get", "", "secrets", None, "token"),
-            request("delete", "", "nodes", None, "n1"),
+            request("create", "", "secrets", None, "token"),
+            request("create", "apps", "deployments", None, "web"),
             request(
                 "update",
                 "coordination.k8s.io",

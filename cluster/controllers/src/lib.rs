@@ -7,13 +7,25 @@
 //!   becomes `Ready=Unknown` and tainted unreachable; its pods are marked not ready
 //!   and evicted once their toleration of the taint runs out;
 //! - [`replicaset`]: each ReplicaSet keeps its number of pods, creating from its
-//!   template and deleting the least useful, and reports its status.
+//!   template and deleting the least useful, and reports its status;
+//! - [`deployment`]: each Deployment rolls its template out through ReplicaSets
+//!   (rolling update or recreate), keeps their revision history and reports progress;
+//! - [`daemonset`]: each DaemonSet keeps one pod on every node it should run on and
+//!   rolls its template out node by node;
+//! - [`job`]: each Job runs pods to `completions` within its parallelism, back-off
+//!   limit and deadline, counts them without losing one, and expires after its TTL;
+//! - [`gc`]: objects whose owners are gone are deleted, and owners deleted in the
+//!   foreground or orphaning are finished once their dependents are handled.
 //!
 //! They run together on one control plane at a time (the holder of the
 //! `kube-system/kube-controller-manager` Lease, see `cairn-leader`); [`run`] returns
 //! when its stop token fires.
 
+pub mod daemonset;
+pub mod deployment;
 pub mod events;
+pub mod gc;
+pub mod job;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod selector;
@@ -21,7 +33,8 @@ pub mod selector;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
@@ -72,6 +85,12 @@ pub struct Caches {
     pub pods: Store<Pod>,
     /// Every ReplicaSet.
     pub replica_sets: Store<ReplicaSet>,
+    /// Every Deployment.
+    pub deployments: Store<Deployment>,
+    /// Every Job.
+    pub jobs: Store<Job>,
+    /// Every DaemonSet.
+    pub daemon_sets: Store<DaemonSet>,
 }
 
 /// Runs every controller with `client` until `stop` fires.
@@ -80,14 +99,21 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
     let (leases, leases_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
     let (replica_sets, rs_writer) = reflector::store();
+    let (deployments, deployments_writer) = reflector::store();
+    let (jobs, jobs_writer) = reflector::store();
+    let (daemon_sets, daemon_sets_writer) = reflector::store();
     let caches = Caches {
         nodes,
         leases,
         pods,
         replica_sets,
+        deployments,
+        jobs,
+        daemon_sets,
     };
+    let (graph, graph_feeds) = gc::Graph::new(&client);
     let config = watcher::Config::default;
-    let watches = futures::stream::select_all([
+    let typed = [
         watcher::watcher(Api::<Node>::all(client.clone()), config())
             .default_backoff()
             .reflect(nodes_writer)
@@ -111,7 +137,23 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
             .reflect(rs_writer)
             .map(|e| e.map(|_| ()))
             .boxed(),
-    ]);
+        watcher::watcher(Api::<Deployment>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(deployments_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<Job>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(jobs_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<DaemonSet>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(daemon_sets_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+    ];
+    let watches = futures::stream::select_all(typed.into_iter().chain(graph_feeds));
     let drive = watches.for_each(|event| async move {
         if let Err(err) = event {
             warn!(error = %err, "a controller watch failed; retrying");
@@ -123,19 +165,23 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
         () = drive => {}
         () = async {
             // Decisions need the whole picture: wait for every first list.
-            let ready = futures::future::join4(
-                caches.nodes.wait_until_ready(),
-                caches.leases.wait_until_ready(),
-                caches.pods.wait_until_ready(),
-                caches.replica_sets.wait_until_ready(),
-            )
-            .await;
-            if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() || ready.3.is_err() {
+            let typed_ready = caches.nodes.wait_until_ready().await.is_ok()
+                && caches.leases.wait_until_ready().await.is_ok()
+                && caches.pods.wait_until_ready().await.is_ok()
+                && caches.replica_sets.wait_until_ready().await.is_ok()
+                && caches.deployments.wait_until_ready().await.is_ok()
+                && caches.jobs.wait_until_ready().await.is_ok()
+                && caches.daemon_sets.wait_until_ready().await.is_ok();
+            if !typed_ready || !graph.wait_until_ready().await {
                 return;
             }
             tokio::join!(
                 node_lifecycle::run(client.clone(), caches.clone(), options.clone()),
                 replicaset::run(client.clone(), caches.clone(), options.clone()),
+                deployment::run(client.clone(), caches.clone(), options.clone()),
+                job::run(client.clone(), caches.clone(), options.clone()),
+                daemonset::run(client.clone(), caches.clone(), options.clone()),
+                gc::run(client.clone(), graph.clone(), options.clone()),
             );
         } => {}
     }
