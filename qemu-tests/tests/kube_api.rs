@@ -353,6 +353,22 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
                 "1"
             );
             nodes_register_ready(&kubeconfigs[0]).await;
+            // Both busybox "versions" on every node, for the workloads below.
+            for vm in &vms {
+                let node = NodeClient::new(vm.api_address(), &admin).unwrap();
+                for reference in [BUSYBOX_IMAGE, BUSYBOX_NEXT] {
+                    let _: Vec<ImageInfo> = node
+                        .post_bytes(
+                            paths::IMAGES,
+                            common::busybox_archive_as(reference),
+                            "application/x-tar",
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+            deployments_roll_out_scale_and_undo(&kubeconfigs[2]).await;
+            daemon_sets_and_jobs(&kubeconfigs[0]).await;
         })
         .expect("namespace");
 
@@ -399,19 +415,11 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
                 survivors[0],
                 &format!("cp-{}", survivor + 1),
                 &format!("cp-{}", leader + 1),
-                &apis[survivor],
-                &admin,
             )
             .await;
-            let survivor_apis: Vec<&str> = (0..3)
-                .filter(|&i| i != leader)
-                .map(|i| apis[i].as_str())
-                .collect();
             controllers_mark_the_lost_node_and_keep_replicas(
                 survivors[1],
                 &format!("cp-{}", leader + 1),
-                &survivor_apis,
-                &admin,
             )
             .await;
         })
@@ -439,17 +447,271 @@ async fn nodes_register_ready(kubeconfig: &Path) {
     .await;
 }
 
-/// Once a survivor of the lost node `lost` holds the scheduler's Lease, the scheduler
-/// binds a pod to the surviving node `node` (machine API at `machine_api`), whose agent runs it once
-/// its image is imported and reports it Running with an address, and deletes it when
-/// asked; a pod that fits nowhere stays Pending with kube-scheduler's event.
-async fn agents_run_what_the_scheduler_binds(
+/// The second "version" of the busybox image, for rolling updates.
+const BUSYBOX_NEXT: &str = "cairn.test/busybox:1.36";
+
+/// Pods of `app`, from `kubectl get pods -o wide`: (name, ready, status, node) of each.
+fn pods_of(kubeconfig: &Path, app: &str) -> Result<Vec<(String, String, String, String)>, String> {
+    let wide = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "wide",
+            "--no-headers",
+        ],
+    )?;
+    Ok(wide
+        .lines()
+        .map(|line| {
+            let c: Vec<&str> = line.split_whitespace().collect();
+            // NAME READY STATUS RESTARTS AGE IP NODE …
+            let at = |i: usize| c.get(i).copied().unwrap_or_default().to_owned();
+            (at(0), at(1), at(2), at(6))
+        })
+        .collect())
+}
+
+/// Waits until `app` has exactly `want` pods, all Running and ready.
+async fn running_pods(
     kubeconfig: &Path,
-    node: &str,
-    lost: &str,
-    machine_api: &str,
-    admin: &Context,
-) {
+    app: &str,
+    want: usize,
+) -> Vec<(String, String, String, String)> {
+    eventually(&format!("{want} {app} pods Running"), BOOT, || async {
+        let pods = pods_of(kubeconfig, app)?;
+        let up = pods
+            .iter()
+            .filter(|p| p.1 == "1/1" && p.2 == "Running")
+            .count();
+        if up == want && pods.len() == want {
+            Ok(pods)
+        } else {
+            Err(format!("{pods:?}"))
+        }
+    })
+    .await
+}
+
+fn rollout_status(kubeconfig: &Path) -> String {
+    kubectl_ok(
+        kubeconfig,
+        &["rollout", "status", "deployment/web", "--timeout=180s"],
+    )
+}
+
+/// A Deployment of three spreads over the three nodes and becomes available; a deleted
+/// pod is replaced; it scales to five and back to two; a rolling update to another
+/// image completes with never fewer than three pods ready (maxUnavailable 0) and
+/// `kubectl rollout undo` returns to the first; deleting it takes its ReplicaSets and
+/// pods with it (the garbage collector).
+async fn deployments_roll_out_scale_and_undo(kubeconfig: &Path) {
+    let manifest = kubeconfig.parent().unwrap().join("deployment.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  strategy:\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      terminationGracePeriodSeconds: 5\n      containers:\n      - name: app\n        image: {BUSYBOX_IMAGE}\n        command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n"
+        ),
+    )
+    .unwrap();
+    kubectl_ok(kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+    let out = rollout_status(kubeconfig);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = running_pods(kubeconfig, "web", 3).await;
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|p| p.3.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "not spread over the nodes: {pods:?}");
+    let wide = kubectl_ok(kubeconfig, &["get", "deployment", "web", "--no-headers"]);
+    // NAME READY UP-TO-DATE AVAILABLE AGE
+    assert_eq!(wide.split_whitespace().nth(1), Some("3/3"), "{wide}");
+
+    // A deleted pod is replaced.
+    kubectl_ok(kubeconfig, &["delete", "pod", &pods[0].0, "--wait=false"]);
+    let again = running_pods(kubeconfig, "web", 3).await;
+    assert!(again.iter().all(|p| p.0 != pods[0].0), "{again:?}");
+
+    for replicas in [5, 2] {
+        kubectl_ok(
+            kubeconfig,
+            &["scale", "deployment/web", &format!("--replicas={replicas}")],
+        );
+        running_pods(kubeconfig, "web", replicas).await;
+    }
+    kubectl_ok(kubeconfig, &["scale", "deployment/web", "--replicas=3"]);
+    running_pods(kubeconfig, "web", 3).await;
+
+    // A rolling update: sampled all along, never fewer than three ready.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (kubeconfig, sampling) = (kubeconfig.to_owned(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut samples = 0;
+            let mut fewest = usize::MAX;
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(pods) = pods_of(&kubeconfig, "web") {
+                    let ready = pods
+                        .iter()
+                        .filter(|p| p.1 == "1/1" && p.2 == "Running")
+                        .count();
+                    fewest = fewest.min(ready);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (samples, fewest)
+        })
+    };
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            &format!("app={BUSYBOX_NEXT}"),
+        ],
+    );
+    let out = rollout_status(kubeconfig);
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (samples, fewest) = sampler.join().unwrap();
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert!(samples >= 3, "only {samples} samples");
+    assert!(
+        fewest >= 3,
+        "only {fewest} pods ready at one point of the rollout"
+    );
+    let image = |k: &Path| {
+        kubectl_ok(
+            k,
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        )
+    };
+    assert_eq!(image(kubeconfig), BUSYBOX_NEXT);
+
+    // Undo: the first template returns as revision 3.
+    kubectl_ok(kubeconfig, &["rollout", "undo", "deployment/web"]);
+    let out = rollout_status(kubeconfig);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(image(kubeconfig), BUSYBOX_IMAGE);
+    let history = kubectl_ok(kubeconfig, &["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|r| r.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+    running_pods(kubeconfig, "web", 3).await;
+
+    // Deleted: the garbage collector takes its ReplicaSets and pods.
+    kubectl_ok(kubeconfig, &["delete", "deployment", "web"]);
+    eventually(
+        "the Deployment's pods and ReplicaSets gone",
+        BOOT,
+        || async {
+            let sets = kubectl(kubeconfig, &["get", "rs", "-o", "name"])?;
+            let pods = pods_of(kubeconfig, "web")?;
+            if sets.trim().is_empty() && pods.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {sets} {pods:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A DaemonSet has one pod Running on each node; a Job of two completions completes,
+/// and a Job whose pod fails stops at its backoff limit with `BackoffLimitExceeded`.
+async fn daemon_sets_and_jobs(kubeconfig: &Path) {
+    let dir = kubeconfig.parent().unwrap();
+    let loop_forever = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]";
+    let manifests = [
+        (
+            "ds",
+            format!(
+                "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: every\nspec:\n  selector:\n    matchLabels:\n      app: every\n  template:\n    metadata:\n      labels:\n        app: every\n    spec:\n      terminationGracePeriodSeconds: 5\n      containers:\n      - name: app\n        image: {BUSYBOX_IMAGE}\n        command: {loop_forever}\n"
+            ),
+        ),
+        (
+            "jobs",
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: twice\nspec:\n  completions: 2\n  parallelism: 1\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: app\n        image: {BUSYBOX_IMAGE}\n        command: [\"sh\", \"-c\", \"echo done\"]\n---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: doomed\nspec:\n  backoffLimit: 1\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: app\n        image: {BUSYBOX_IMAGE}\n        command: [\"sh\", \"-c\", \"exit 3\"]\n"
+            ),
+        ),
+    ];
+    for (name, manifest) in &manifests {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        kubectl_ok(kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+    }
+    let out = kubectl_ok(
+        kubeconfig,
+        &["rollout", "status", "daemonset/every", "--timeout=180s"],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = running_pods(kubeconfig, "every", 3).await;
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|p| p.3.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "not one per node: {pods:?}");
+
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/twice",
+            "--timeout=180s",
+        ],
+    );
+    let succeeded = kubectl_ok(
+        kubeconfig,
+        &["get", "job", "twice", "-o", "jsonpath={.status.succeeded}"],
+    );
+    assert_eq!(succeeded, "2");
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/doomed",
+            "--timeout=180s",
+        ],
+    );
+    let failed = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "job",
+            "doomed",
+            "-o",
+            "jsonpath={.status.failed} {.status.conditions[?(@.type==\"Failed\")].reason}",
+        ],
+    );
+    assert_eq!(failed, "2 BackoffLimitExceeded");
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "delete",
+            "daemonset/every",
+            "job/twice",
+            "job/doomed",
+            "--wait=true",
+            "--timeout=120s",
+        ],
+    );
+}
+
+/// Once a survivor of the lost node `lost` holds the scheduler's Lease, the scheduler
+/// binds a pod to the surviving node `node`, whose agent runs it and reports it
+/// Running with an address, and deletes it when asked; a pod that fits nowhere stays
+/// Pending with kube-scheduler's event.
+async fn agents_run_what_the_scheduler_binds(kubeconfig: &Path, node: &str, lost: &str) {
     // The scheduler's Lease passes to a survivor if the lost node held it.
     eventually("the scheduler lease held by a survivor", BOOT, || async {
         let holder = kubectl(
@@ -471,15 +733,6 @@ async fn agents_run_what_the_scheduler_binds(
         }
     })
     .await;
-    let operator = NodeClient::new(machine_api, admin).unwrap();
-    let _: Vec<ImageInfo> = operator
-        .post_bytes(
-            paths::IMAGES,
-            common::busybox_archive(),
-            "application/x-tar",
-        )
-        .await
-        .unwrap();
     let dir = kubeconfig.parent().unwrap();
     let manifests = [
         (
@@ -554,14 +807,8 @@ async fn agents_run_what_the_scheduler_binds(
 
 /// The node lifecycle controller marks the powered-off node `lost` NotReady and taints
 /// it unreachable; a ReplicaSet of two gets its pods Running on the surviving nodes
-/// (machine APIs at `survivors`, where the image is imported) and replaces a deleted
-/// one.
-async fn controllers_mark_the_lost_node_and_keep_replicas(
-    kubeconfig: &Path,
-    lost: &str,
-    survivors: &[&str],
-    admin: &Context,
-) {
+/// and replaces a deleted one.
+async fn controllers_mark_the_lost_node_and_keep_replicas(kubeconfig: &Path, lost: &str) {
     let status = eventually("the lost node NotReady", BOOT, || async {
         let line = kubectl(kubeconfig, &["get", "node", lost, "--no-headers"])?;
         if line.split_whitespace().nth(1) == Some("NotReady") {
@@ -584,17 +831,6 @@ async fn controllers_mark_the_lost_node_and_keep_replicas(
         }
     })
     .await;
-    for api in survivors {
-        let _: Vec<ImageInfo> = NodeClient::new(api, admin)
-            .unwrap()
-            .post_bytes(
-                paths::IMAGES,
-                common::busybox_archive(),
-                "application/x-tar",
-            )
-            .await
-            .unwrap();
-    }
     let manifest = kubeconfig.parent().unwrap().join("rs.yaml");
     std::fs::write(
         &manifest,

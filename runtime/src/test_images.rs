@@ -82,6 +82,16 @@ fn busybox_layer(busybox: &Path) -> Result<Vec<u8>, ImageError> {
 /// Writes the busybox image (one gzip layer, `Cmd ["sh"]`) as an OCI layout in `out`,
 /// from the static busybox at `busybox`. Returns the manifest digest.
 pub fn write_busybox_layout(busybox: &Path, out: &Path) -> Result<Digest, ImageError> {
+    write_busybox_layout_as(busybox, out, BUSYBOX_IMAGE)
+}
+
+/// [`write_busybox_layout`] under another reference (a second "version" of the image
+/// for rolling updates).
+pub fn write_busybox_layout_as(
+    busybox: &Path,
+    out: &Path,
+    reference: &str,
+) -> Result<Digest, ImageError> {
     let layer = busybox_layer(busybox)?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&layer)
@@ -114,7 +124,7 @@ pub fn write_busybox_layout(busybox: &Path, out: &Path) -> Result<Digest, ImageE
     }
     write_oci_layout(
         out,
-        BUSYBOX_IMAGE,
+        reference,
         &config,
         &[(MediaType::ImageLayerGzip, compressed)],
     )

@@ -7,15 +7,20 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cairn_api::remote_command::ExecRequest;
-use cairn_runtime::test_images::write_busybox_layout;
+use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout_as};
 use cairnctl::client::NodeClient;
 use cairnctl::exec::LocalStreams;
 
 /// The busybox test image as an OCI layout in a tar archive (`POST /v1/images`).
 pub fn busybox_archive() -> Vec<u8> {
+    busybox_archive_as(BUSYBOX_IMAGE)
+}
+
+/// The busybox test image under another `reference`, as [`busybox_archive`].
+pub fn busybox_archive_as(reference: &str) -> Vec<u8> {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("busybox");
-    write_busybox_layout(Path::new("/bin/busybox"), &layout).unwrap();
+    write_busybox_layout_as(Path::new("/bin/busybox"), &layout, reference).unwrap();
     let mut archive = tar::Builder::new(Vec::new());
     archive.append_dir_all(".", &layout).unwrap();
     archive.into_inner().unwrap()
