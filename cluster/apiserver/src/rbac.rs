@@ -565,6 +565,12 @@ fn controller_manager_rules() -> Vec<Value> {
         rule(&[""], &["pods/status"], &["patch", "update"]),
         rule(&["*"], &["*"], &["get", "list", "watch", "patch", "delete"]),
         rule(&["apps"], &["replicasets"], &["create"]),
+        rule(&[""], &["endpoints"], &["create", "update"]),
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &["create", "update"],
+        ),
         rule(
             &["apps"],
             &[
@@ -894,6 +900,14 @@ mod tests {
             request("create", "apps", "replicasets", None, "web-5d8"),
             request("patch", "apps", "deployments", Some("status"), "web"),
             request("delete", "", "secrets", None, "owned"),
+            request("update", "", "endpoints", None, "web"),
+            request(
+                "create",
+                "discovery.k8s.io",
+                "endpointslices",
+                None,
+                "web-x",
+            ),
         ];
         for attributes in &allowed {
             assert!(policy.allows(&controllers, attributes), "{attributes:?}");

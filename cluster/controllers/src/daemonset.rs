@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::deployment::template_hash;
 use crate::events::{self, Involved, Reporter};
+use crate::pods::{self, finished, ready};
 use crate::{Caches, ControllerOptions};
 
 /// The label naming the template revision a daemon pod was made from.
@@ -118,12 +119,7 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
 }
 
 fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "DaemonSet")
-        .map(|o| o.uid.as_str())
+    pods::controller_uid(&pod.metadata, "DaemonSet")
 }
 
 /// The node a daemon pod is for: where it is bound, else where its affinity pins it.
@@ -143,20 +139,6 @@ fn pod_node(pod: &Pod) -> Option<String> {
         .flat_map(|t| t.match_fields.iter().flatten())
         .find(|f| f.key == "metadata.name" && f.operator == "In")
         .and_then(|f| f.values.as_ref()?.first().cloned())
-}
-
-fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The tolerations Kubernetes gives every daemon pod.

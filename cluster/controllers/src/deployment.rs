@@ -41,6 +41,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::events::{self, Involved, Reporter};
+use crate::pods;
 use crate::selector;
 use crate::{Caches, ControllerOptions};
 
@@ -126,7 +127,7 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
             }
             let owned: Vec<Arc<ReplicaSet>> = sets
                 .iter()
-                .filter(|s| controller_uid(&s.metadata) == Some(uid.as_str()))
+                .filter(|s| pods::controller_uid(&s.metadata, "Deployment") == Some(uid.as_str()))
                 .filter(|s| selector::matches(&deployment.spec.selector, s.labels()))
                 .cloned()
                 .collect();
@@ -143,15 +144,6 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
             sync.run(&owned, &caches).await;
         }
     }
-}
-
-/// The uid of the controlling owner named in `meta`.
-fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
-    meta.owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 fn replicas(set: &ReplicaSet) -> i32 {
@@ -459,7 +451,7 @@ impl Sync<'_> {
                 // Ours, not yet in the cache? Then it is the new one; else a collision.
                 match sets.get(&name).await {
                     Ok(existing)
-                        if controller_uid(&existing.metadata)
+                        if pods::controller_uid(&existing.metadata, "Deployment")
                             == deployment.metadata.uid.as_deref()
                             && same_template(
                                 existing.spec.template.as_ref(),
@@ -692,11 +684,9 @@ impl Sync<'_> {
             .filter_map(|s| s.metadata.uid.as_deref())
             .collect();
         let old_pods_remain = caches.pods.state().iter().any(|p: &Arc<Pod>| {
-            controller_uid(&p.metadata).is_some_and(|uid| old_uids.contains(&uid))
-                && !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
+            pods::controller_uid(&p.metadata, "ReplicaSet")
+                .is_some_and(|uid| old_uids.contains(&uid))
+                && !pods::finished(p)
         });
         if !old_pods_remain {
             let desired = self.desired();

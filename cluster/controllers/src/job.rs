@@ -7,7 +7,8 @@
 //!   goes first into `status.uncountedTerminatedPods`, then loses the finalizer, then
 //!   moves into `succeeded` or `failed` — every step written to the API, so a new
 //!   leader carries on where the last one stopped.
-//! - A failed pod is replaced after a back-off (10 s, doubling, at most 6 min) until
+//! - A failed pod is replaced after a back-off (10 s, doubling, at most 6 min, from the
+//!   last failed pod's end) until
 //!   more than `backoffLimit` have failed: then the Job fails (`BackoffLimitExceeded`).
 //!   `activeDeadlineSeconds` past `startTime` fails it too (`DeadlineExceeded`). A
 //!   finished Job's remaining pods are deleted; `suspend` deletes the active ones.
@@ -35,6 +36,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::events::{self, Involved, Reporter};
+use crate::pods::{self, phase, ready};
 use crate::{Caches, ControllerOptions};
 
 /// The finalizer that keeps a Job's pod until the Job has counted it.
@@ -52,9 +54,6 @@ struct Memory {
     /// Pods created (by name) not yet seen in the cache.
     creating: Vec<String>,
     creating_since: Option<Instant>,
-    /// When the last failure was seen (the back-off runs from then; a new leader
-    /// starts without one).
-    last_failure: Option<Instant>,
 }
 
 /// Runs the Job controller over `caches` (never returns; dropped to stop).
@@ -89,16 +88,7 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
 }
 
 fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Job")
-        .map(|o| o.uid.as_str())
-}
-
-fn phase(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref())
+    pods::controller_uid(&pod.metadata, "Job")
 }
 
 /// How a pod ended, if it did: succeeded, or failed (also when it is deleted first).
@@ -113,13 +103,6 @@ fn outcome(pod: &Pod) -> Option<bool> {
 
 fn tracked(pod: &Pod) -> bool {
     pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The back-off before the next pod after `failures` failures.
@@ -305,10 +288,17 @@ impl Sync<'_> {
                 self.delete_pods(newest.into_iter().take(extra), "too many active pods")
                     .await;
             } else if active_count < wanted {
-                let waited = self
-                    .memory
-                    .last_failure
-                    .is_none_or(|at| at.elapsed() >= backoff(failed));
+                // The back-off runs from the last failed pod's end, as the API tells
+                // it (a new leader keeps it).
+                let last_failure = owned
+                    .iter()
+                    .filter(|p| phase(p) == Some("Failed"))
+                    .filter_map(|p| pods::finished_at(p))
+                    .max();
+                let waited = last_failure.is_none_or(|at| {
+                    let since = Timestamp::now().duration_since(at);
+                    since.as_secs_f64() >= backoff(failed).as_secs_f64()
+                });
                 if waited {
                     for _ in 0..(wanted - active_count) {
                         if !self.create_pod().await {
@@ -390,8 +380,6 @@ impl Sync<'_> {
                 pending_succeeded.insert(uid);
             } else {
                 pending_failed.insert(uid);
-                // The back-off runs from when the failure was seen.
-                self.memory.last_failure = Some(Instant::now());
             }
         }
         if newly {

@@ -14,6 +14,8 @@
 //!   rolls its template out node by node;
 //! - [`job`]: each Job runs pods to `completions` within its parallelism, back-off
 //!   limit and deadline, counts them without losing one, and expires after its TTL;
+//! - [`endpoints`]: each Service with a selector gets Endpoints and EndpointSlices
+//!   with the addresses and resolved ports of the pods it selects;
 //! - [`gc`]: objects whose owners are gone are deleted, and owners deleted in the
 //!   foreground or orphaning are finished once their dependents are handled.
 //!
@@ -23,10 +25,12 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod job;
 pub mod node_lifecycle;
+pub mod pods;
 pub mod replicaset;
 pub mod selector;
 
@@ -36,7 +40,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -91,6 +96,12 @@ pub struct Caches {
     pub jobs: Store<Job>,
     /// Every DaemonSet.
     pub daemon_sets: Store<DaemonSet>,
+    /// Every Service.
+    pub services: Store<Service>,
+    /// Every Endpoints object.
+    pub endpoints: Store<Endpoints>,
+    /// Every EndpointSlice.
+    pub endpoint_slices: Store<EndpointSlice>,
 }
 
 /// Runs every controller with `client` until `stop` fires.
@@ -102,6 +113,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
     let (deployments, deployments_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
     let (daemon_sets, daemon_sets_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    let (endpoints, endpoints_writer) = reflector::store();
+    let (endpoint_slices, slices_writer) = reflector::store();
     let caches = Caches {
         nodes,
         leases,
@@ -110,6 +124,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
         deployments,
         jobs,
         daemon_sets,
+        services,
+        endpoints,
+        endpoint_slices,
     };
     let (graph, graph_feeds) = gc::Graph::new(&client);
     let config = watcher::Config::default;
@@ -152,6 +169,21 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
             .reflect(daemon_sets_writer)
             .map(|e| e.map(|_| ()))
             .boxed(),
+        watcher::watcher(Api::<Service>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(services_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<Endpoints>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(endpoints_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(slices_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
     ];
     let watches = futures::stream::select_all(typed.into_iter().chain(graph_feeds));
     let drive = watches.for_each(|event| async move {
@@ -171,7 +203,10 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
                 && caches.replica_sets.wait_until_ready().await.is_ok()
                 && caches.deployments.wait_until_ready().await.is_ok()
                 && caches.jobs.wait_until_ready().await.is_ok()
-                && caches.daemon_sets.wait_until_ready().await.is_ok();
+                && caches.daemon_sets.wait_until_ready().await.is_ok()
+                && caches.services.wait_until_ready().await.is_ok()
+                && caches.endpoints.wait_until_ready().await.is_ok()
+                && caches.endpoint_slices.wait_until_ready().await.is_ok();
             if !typed_ready || !graph.wait_until_ready().await {
                 return;
             }
@@ -181,6 +216,7 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
                 deployment::run(client.clone(), caches.clone(), options.clone()),
                 job::run(client.clone(), caches.clone(), options.clone()),
                 daemonset::run(client.clone(), caches.clone(), options.clone()),
+                endpoints::run(client.clone(), caches.clone(), options.clone()),
                 gc::run(client.clone(), graph.clone(), options.clone()),
             );
         } => {}

@@ -26,6 +26,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::events::{self, Involved, Reporter};
+use crate::pods::finished;
 use crate::{Caches, ControllerOptions};
 
 /// The taint of a node whose agent stopped reporting.
@@ -373,13 +374,6 @@ fn condition_of<'a>(pod: &'a Pod, kind: &str) -> Option<&'a str> {
         .iter()
         .find(|c| c.type_ == kind)
         .map(|c| c.status.as_str())
-}
-
-fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 fn node_ref(node: &Node) -> Involved<'_> {

@@ -21,6 +21,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::events::{self, Involved, Reporter};
+use crate::pods::{self, active, ready};
 use crate::selector;
 use crate::{Caches, ControllerOptions};
 
@@ -96,28 +97,7 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
 
 /// The uid of the pod's controlling owner, if that is a ReplicaSet.
 fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "ReplicaSet")
-        .map(|o| o.uid.as_str())
-}
-
-/// Whether a pod counts toward its ReplicaSet: not being deleted, not finished.
-fn active(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && !matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        )
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pods::controller_uid(&pod.metadata, "ReplicaSet")
 }
 
 /// Creates or deletes pods so `set` has as many active pods as it wants.

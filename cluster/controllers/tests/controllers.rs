@@ -6,11 +6,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use cairn_apiserver::testing::TestServer;
 use cairn_controllers::node_lifecycle::UNREACHABLE_TAINT;
 use cairn_controllers::{ControllerOptions, run};
+use common::{client, until};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -19,29 +22,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-async fn client(server: &TestServer) -> kube::Client {
-    let text = server.kubeconfig("admin", Some("system:masters")).unwrap();
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
-async fn until<T, Fut: Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn options() -> ControllerOptions {
     ControllerOptions {
