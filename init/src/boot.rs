@@ -45,11 +45,10 @@ use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
 use crate::services::agent::{AgentService, AgentServiceSettings};
 use crate::services::apiserver::{ApiServerHandle, ApiServerService, ApiServerSettings};
-use crate::services::controllers::ControllersService;
+use crate::services::leader_elected::{ControlPlaneSettings, LeaderElectedService};
 use crate::services::network::{NetworkHandle, NetworkService};
 use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
-use crate::services::scheduler::{SchedulerService, SchedulerSettings};
 use crate::services::store::{StoreService, StoreSettings};
 use crate::services::{self, UnknownTestService};
 use crate::state_disk::{self, STATE_DIR, StateDiskError};
@@ -813,15 +812,17 @@ async fn start_services(
             ctx.store.clone(),
             api_handle.clone(),
         )))?;
-        let scheduler = SchedulerSettings::from_config(&settled.config, &node_name)?;
-        ctx.supervisor.start(Arc::new(ControllersService::new(
-            scheduler.clone(),
-            api_handle.clone(),
-        )))?;
-        ctx.supervisor.start(Arc::new(SchedulerService::new(
-            scheduler,
-            api_handle.clone(),
-        )))?;
+        let control_plane = ControlPlaneSettings::from_config(&settled.config, &node_name)?;
+        ctx.supervisor
+            .start(Arc::new(LeaderElectedService::controllers(
+                control_plane.clone(),
+                api_handle.clone(),
+            )))?;
+        ctx.supervisor
+            .start(Arc::new(LeaderElectedService::scheduler(
+                control_plane,
+                api_handle.clone(),
+            )))?;
         local_api = Some(api_handle);
     }
     match AgentServiceSettings::from_config(&settled.config, &node_name) {

@@ -369,6 +369,7 @@ fn three_control_planes_serve_one_api_and_survive_the_leader_powering_off() {
             }
             deployments_roll_out_scale_and_undo(&kubeconfigs[2]).await;
             daemon_sets_and_jobs(&kubeconfigs[0]).await;
+            stateful_sets_and_cron_jobs(&kubeconfigs[1]).await;
         })
         .expect("namespace");
 
@@ -701,6 +702,149 @@ async fn daemon_sets_and_jobs(kubeconfig: &Path) {
             "daemonset/every",
             "job/twice",
             "job/doomed",
+            "--wait=true",
+            "--timeout=120s",
+        ],
+    );
+}
+
+/// A CronJob scheduled every minute makes Jobs whose pods complete (started first, it
+/// fires while the StatefulSet steps run). A StatefulSet of three behind a headless
+/// Service starts `web-0`, `web-1`, `web-2` with their names as hostnames and the
+/// Service as subdomain; `kubectl set image` rolls it to revision 2, `rollout history`
+/// lists both ControllerRevisions, `rollout undo` returns to the first template; it
+/// scales down to one, keeping `web-0`.
+async fn stateful_sets_and_cron_jobs(kubeconfig: &Path) {
+    let dir = kubeconfig.parent().unwrap();
+    let loop_forever = "[\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]";
+    let manifests = [
+        (
+            "cron",
+            format!(
+                "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: tick\nspec:\n  schedule: \"* * * * *\"\n  timeZone: Europe/Paris\n  concurrencyPolicy: Forbid\n  successfulJobsHistoryLimit: 2\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - name: tick\n            image: {BUSYBOX_IMAGE}\n            command: [\"sh\", \"-c\", \"echo tick\"]\n"
+            ),
+        ),
+        (
+            "sts",
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: None\n  selector:\n    app: stateful\n  ports:\n  - port: 80\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: web\nspec:\n  serviceName: web\n  replicas: 3\n  selector:\n    matchLabels:\n      app: stateful\n  template:\n    metadata:\n      labels:\n        app: stateful\n    spec:\n      terminationGracePeriodSeconds: 5\n      containers:\n      - name: app\n        image: {BUSYBOX_IMAGE}\n        command: {loop_forever}\n"
+            ),
+        ),
+    ];
+    for (name, manifest) in &manifests {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        kubectl_ok(kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+    }
+    let sts_status = || {
+        kubectl_ok(
+            kubeconfig,
+            &["rollout", "status", "statefulset/web", "--timeout=240s"],
+        )
+    };
+    let out = sts_status();
+    assert!(out.contains("complete"), "{out}");
+    let pods = running_pods(kubeconfig, "stateful", 3).await;
+    let names: Vec<&str> = pods.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["web-0", "web-1", "web-2"]);
+    let identity = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "pod",
+            "web-1",
+            "-o",
+            "jsonpath={.spec.hostname}.{.spec.subdomain}",
+        ],
+    );
+    assert_eq!(identity, "web-1.web");
+
+    // A rolling update to the second image, then back.
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "set",
+            "image",
+            "statefulset/web",
+            &format!("app={BUSYBOX_NEXT}"),
+        ],
+    );
+    let out = sts_status();
+    assert!(out.contains("complete"), "{out}");
+    let images = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=stateful",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(images, [BUSYBOX_NEXT; 3].join(" "));
+    let history = kubectl_ok(kubeconfig, &["rollout", "history", "statefulset/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    kubectl_ok(kubeconfig, &["rollout", "undo", "statefulset/web"]);
+    let out = sts_status();
+    assert!(out.contains("complete"), "{out}");
+    let images = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "statefulset",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(images, BUSYBOX_IMAGE);
+
+    // Scaled down to one, the first stays.
+    kubectl_ok(kubeconfig, &["scale", "statefulset/web", "--replicas=1"]);
+    let pods = running_pods(kubeconfig, "stateful", 1).await;
+    assert_eq!(pods[0].0, "web-0");
+
+    // The CronJob has fired by now (or does within its minute).
+    let done = eventually("a tick Job completed", BOOT, || async {
+        let jobs = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "jobs",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.status.succeeded}{\"\\n\"}{end}",
+            ],
+        )?;
+        jobs.lines()
+            .find(|l| l.starts_with("tick-") && l.ends_with(" 1"))
+            .map(str::to_owned)
+            .ok_or(jobs)
+    })
+    .await;
+    let last = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastSuccessfulTime}",
+        ],
+    );
+    assert!(!last.is_empty(), "no lastSuccessfulTime after {done}");
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "delete",
+            "cronjob/tick",
+            "statefulset/web",
+            "service/web",
             "--wait=true",
             "--timeout=120s",
         ],

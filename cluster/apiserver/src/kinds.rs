@@ -4,7 +4,9 @@
 //! update (status for the main resource, spec for `/status`), which field selectors
 //! it takes, and how it is deleted (pods gracefully, namespaces through finalizers).
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectRulesReview};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -74,6 +76,7 @@ pub fn admit(
             Kind::ReplicaSet => typed::<ReplicaSet>(resource, input, defaults::replica_set)?,
             Kind::DaemonSet => typed::<DaemonSet>(resource, input, defaults::daemon_set)?,
             Kind::StatefulSet => typed::<StatefulSet>(resource, input, defaults::stateful_set)?,
+            Kind::ControllerRevision => typed::<ControllerRevision>(resource, input, nothing)?,
             Kind::Job => typed::<Job>(resource, input, defaults::job)?,
             Kind::CronJob => typed::<CronJob>(resource, input, defaults::cron_job)?,
             Kind::Ingress => typed::<Ingress>(resource, input, nothing)?,

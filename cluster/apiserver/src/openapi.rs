@@ -51,6 +51,7 @@ fn definitions() -> Map<String, Value> {
     add::<apps::ReplicaSet>(&mut generator);
     add::<apps::DaemonSet>(&mut generator);
     add::<apps::StatefulSet>(&mut generator);
+    add::<apps::ControllerRevision>(&mut generator);
     add::<batch::Job>(&mut generator);
     add::<batch::CronJob>(&mut generator);
     add::<networking::Ingress>(&mut generator);

@@ -545,8 +545,8 @@ fn scheduler_rules() -> Vec<Value> {
 pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
 /// What the controllers may do: follow and taint nodes and set their conditions,
-/// manage pods (create, delete, mark not ready), manage ReplicaSets and Deployments'
-/// revisions and write their status, read node Leases, hold their own
+/// manage pods (create, delete, mark not ready), create ReplicaSets, Jobs and
+/// ControllerRevisions for the workloads they run and write the workloads' status, read node Leases, hold their own
 /// leader-election Lease, record events; and, as kube-controller-manager's garbage
 /// collector, read, patch and delete any object (owner references and finalizers).
 fn controller_manager_rules() -> Vec<Value> {
@@ -564,7 +564,12 @@ fn controller_manager_rules() -> Vec<Value> {
         ),
         rule(&[""], &["pods/status"], &["patch", "update"]),
         rule(&["*"], &["*"], &["get", "list", "watch", "patch", "delete"]),
-        rule(&["apps"], &["replicasets"], &["create"]),
+        rule(
+            &["apps"],
+            &["replicasets", "controllerrevisions"],
+            &["create"],
+        ),
+        rule(&["batch"], &["jobs"], &["create"]),
         rule(&[""], &["endpoints"], &["create", "update"]),
         rule(
             &["discovery.k8s.io"],
@@ -577,8 +582,13 @@ fn controller_manager_rules() -> Vec<Value> {
                 "replicasets/status",
                 "deployments/status",
                 "daemonsets/status",
-                "jobs/status",
+                "statefulsets/status",
             ],
+            &["patch", "update"],
+        ),
+        rule(
+            &["batch"],
+            &["jobs/status", "cronjobs/status"],
             &["patch", "update"],
         ),
         rule(

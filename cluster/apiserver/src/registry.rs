@@ -29,6 +29,7 @@ pub enum Kind {
     ReplicaSet,
     DaemonSet,
     StatefulSet,
+    ControllerRevision,
     Job,
     CronJob,
     Ingress,
@@ -301,6 +302,12 @@ pub fn builtins() -> Vec<ResourceType> {
         ResourceType::builtin::<apps::DaemonSet>(Kind::DaemonSet, &["ds"], &["all"], true),
         ResourceType::builtin::<apps::StatefulSet>(Kind::StatefulSet, &["sts"], &["all"], true)
             .with_scale(),
+        ResourceType::builtin::<apps::ControllerRevision>(
+            Kind::ControllerRevision,
+            &[],
+            &[],
+            false,
+        ),
         ResourceType::builtin::<batch::Job>(Kind::Job, &[], &["all"], true),
         ResourceType::builtin::<batch::CronJob>(Kind::CronJob, &["cj"], &["all"], true),
         ResourceType::builtin::<networking::Ingress>(Kind::Ingress, &["ing"], &[], true),

@@ -660,6 +660,21 @@ pub fn columns(resource: &ResourceType) -> Vec<Value> {
             ));
             out.push(age_column());
         }
+        Some(Kind::ControllerRevision) => {
+            out.push(c(
+                "Controller",
+                "string",
+                0,
+                "The workload whose template history this revision is.",
+            ));
+            out.push(c(
+                "Revision",
+                "integer",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ));
+            out.push(age_column());
+        }
         Some(Kind::Lease) => {
             out.push(c(
                 "Holder",
@@ -940,6 +955,27 @@ pub fn cells(resource: &ResourceType, o: &Value) -> Vec<Value> {
             s(format_selector(o.pointer("/spec/podSelector"))),
             age(o),
         ],
+        Some(Kind::ControllerRevision) => {
+            let controller = array(o, "/metadata/ownerReferences")
+                .iter()
+                .find(|r| r["controller"] == true)
+                .map(|r| {
+                    let group = r["apiVersion"]
+                        .as_str()
+                        .and_then(|v| v.split_once('/'))
+                        .map(|(g, _)| format!(".{g}"))
+                        .unwrap_or_default();
+                    let kind = r["kind"].as_str().unwrap_or_default().to_lowercase();
+                    format!("{kind}{group}/{}", r["name"].as_str().unwrap_or_default())
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                s(controller),
+                Value::from(int(o, "/revision")),
+                age(o),
+            ]
+        }
         Some(Kind::Lease) => vec![name, s(text(o, "/spec/holderIdentity")), age(o)],
         Some(Kind::RoleBinding | Kind::ClusterRoleBinding) => {
             let of_kind = |kind: &str| -> String {

@@ -399,45 +399,24 @@ pub fn job(j: &Job) -> Problems {
     problems
 }
 
-/// Whether `schedule` is a five-field cron expression (or a `@` macro).
-pub fn cron_problem(schedule: &str) -> Option<String> {
-    let schedule = schedule.trim();
-    if schedule.starts_with('@') {
-        return (!matches!(
-            schedule,
-            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight" | "@hourly"
-        ))
-        .then(|| format!("unrecognized descriptor: {schedule}"));
-    }
-    let fields: Vec<&str> = schedule
-        .split_whitespace()
-        .filter(|f| !f.starts_with("TZ=") && !f.starts_with("CRON_TZ="))
-        .collect();
-    if fields.len() != 5 {
-        return Some(format!(
-            "expected exactly 5 fields, found {}: {schedule:?}",
-            fields.len()
-        ));
-    }
-    let valid = fields.iter().all(|f| {
-        f.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?'))
-    });
-    (!valid).then(|| format!("invalid cron schedule {schedule:?}"))
-}
-
 /// A CronJob.
 pub fn cron_job(c: &CronJob) -> Problems {
     let mut problems = Vec::new();
     let spec = &c.spec;
     if spec.schedule.is_empty() {
         problems.push(FieldError::required("spec.schedule"));
-    } else if let Some(why) = cron_problem(&spec.schedule) {
-        problems.push(FieldError::invalid(
-            "spec.schedule",
-            &string(&spec.schedule),
-            &why,
-        ));
+    } else {
+        match cairn_cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
+            Ok(_) => {}
+            Err(cairn_cron::ScheduleError::TimeZone(zone)) => problems.push(FieldError::invalid(
+                "spec.timeZone",
+                &string(&zone),
+                &format!("unknown time zone {zone}"),
+            )),
+            Err(cairn_cron::ScheduleError::Schedule { reason, .. }) => problems.push(
+                FieldError::invalid("spec.schedule", &string(&spec.schedule), &reason),
+            ),
+        }
     }
     if let Some(policy) = &spec.concurrency_policy
         && !matches!(policy.as_str(), "Allow" | "Forbid" | "Replace")
@@ -675,8 +654,19 @@ mod tests {
                 .message
                 .starts_with("Forbidden: pod updates may not change fields other than")
         );
-        assert!(cron_problem("*/5 * * * *").is_none());
-        assert!(cron_problem("@hourly").is_none());
-        assert!(cron_problem("* * *").is_some());
+        let cron = |schedule: &str, zone: Option<&str>| -> Vec<String> {
+            let mut c: CronJob = serde_json::from_value(json!({
+                "metadata": {"name": "c"},
+                "spec": {"schedule": schedule, "jobTemplate": {"spec": {"template": {"spec": {
+                    "restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}},
+            }))
+            .unwrap();
+            c.spec.time_zone = zone.map(str::to_owned);
+            cron_job(&c).iter().map(|p| p.field.clone()).collect()
+        };
+        assert!(cron("*/5 * * * *", None).is_empty());
+        assert!(cron("@hourly", Some("Europe/Berlin")).is_empty());
+        assert_eq!(cron("* * *", None), ["spec.schedule"]);
+        assert_eq!(cron("0 * * * *", Some("Mars/Olympus")), ["spec.timeZone"]);
     }
 }

@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use cairn_scheduler::filter::{term_matches, tolerates};
 use cairn_scheduler::node::NodeInfo;
@@ -39,47 +38,14 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::deployment::template_hash;
-use crate::events::{self, Involved, Reporter};
+use crate::expectations::Expectations;
 use crate::pods::{self, finished, ready};
 use crate::{Caches, ControllerOptions};
+use cairn_events::{self as events, Involved, Reporter};
 
 /// The label naming the template revision a daemon pod was made from.
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 const COMPONENT: &str = "daemonset-controller";
-const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Pods asked for and not yet seen, per DaemonSet: the nodes they were made for.
-#[derive(Default)]
-struct Expectations {
-    creating: Vec<String>,
-    deleting: Vec<String>,
-    since: Option<Instant>,
-}
-
-impl Expectations {
-    fn settled(&mut self, pods: &[Arc<Pod>]) -> bool {
-        self.creating
-            .retain(|node| !pods.iter().any(|p| pod_node(p).as_deref() == Some(node)));
-        self.deleting.retain(|uid| {
-            pods.iter().any(|p| {
-                p.metadata.uid.as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none()
-            })
-        });
-        let expired = self
-            .since
-            .is_some_and(|s| s.elapsed() > EXPECTATION_TIMEOUT);
-        if expired || (self.creating.is_empty() && self.deleting.is_empty()) {
-            *self = Self::default();
-            return true;
-        }
-        false
-    }
-
-    fn note(&mut self) {
-        self.since.get_or_insert_with(Instant::now);
-    }
-}
-
 /// Runs the DaemonSet controller over `caches` (never returns; dropped to stop).
 pub async fn run(client: kube::Client, caches: Caches, options: ControllerOptions) {
     let mut expectations: HashMap<String, Expectations> = HashMap::new();
@@ -110,7 +76,7 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
                 set: &set,
                 hash: template_hash(&set.spec.template, None),
             };
-            if expected.settled(&owned) {
+            if expected.settled(&owned, pod_node) {
                 sync.reconcile(&nodes, &owned, expected).await;
             }
             sync.write_status(&nodes, &owned).await;
@@ -398,8 +364,7 @@ impl Sync<'_> {
                 match pods.create(&PostParams::default(), &pod).await {
                     Ok(pod) => {
                         info!(daemonset = %self.set.name_any(), %node, pod = %pod.name_any(), "created a daemon pod");
-                        expected.creating.push(node);
-                        expected.note();
+                        expected.created(node);
                         self.event(
                             "Normal",
                             "SuccessfulCreate",
@@ -428,8 +393,7 @@ impl Sync<'_> {
                 Ok(_) => {
                     info!(daemonset = %self.set.name_any(), pod = %pod.name_any(), "deleted a daemon pod");
                     if let Some(uid) = pod.metadata.uid.clone() {
-                        expected.deleting.push(uid);
-                        expected.note();
+                        expected.deleted(uid);
                     }
                     self.event(
                         "Normal",

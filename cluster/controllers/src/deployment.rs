@@ -40,10 +40,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::events::{self, Involved, Reporter};
 use crate::pods;
 use crate::selector;
 use crate::{Caches, ControllerOptions};
+use cairn_events::{self as events, Involved, Reporter};
 
 /// The revision a ReplicaSet holds among its Deployment's.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
@@ -248,7 +248,7 @@ fn same_template(set_template: Option<&PodTemplateSpec>, template: &PodTemplateS
 /// for comparison: `resources: {}` from a client that writes zero values (kubectl's
 /// rollback does) is the same template as one without it, as Go's semantic equality
 /// in Kubernetes has it.
-fn normalised(template: &PodTemplateSpec) -> serde_json::Value {
+pub(crate) fn normalised(template: &PodTemplateSpec) -> serde_json::Value {
     fn prune(value: &mut serde_json::Value) -> bool {
         match value {
             serde_json::Value::Null => true,

@@ -35,9 +35,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::events::{self, Involved, Reporter};
 use crate::pods::{self, phase, ready};
 use crate::{Caches, ControllerOptions};
+use cairn_events::{self as events, Involved, Reporter};
 
 /// The finalizer that keeps a Job's pod until the Job has counted it.
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
@@ -608,8 +608,8 @@ impl Sync<'_> {
     }
 }
 
-/// `Some(true)` once the Job is Complete, `Some(false)` once Failed.
-fn finished_condition(status: Option<&k8s_openapi::api::batch::v1::JobStatus>) -> Option<bool> {
+/// `Some(true)` once a Job is Complete, `Some(false)` once Failed, `None` while it runs.
+pub fn finished_condition(status: Option<&k8s_openapi::api::batch::v1::JobStatus>) -> Option<bool> {
     if condition_status(status, "Complete") == Some("True") {
         Some(true)
     } else if condition_status(status, "Failed") == Some("True") {

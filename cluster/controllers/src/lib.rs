@@ -12,8 +12,12 @@
 //!   (rolling update or recreate), keeps their revision history and reports progress;
 //! - [`daemonset`]: each DaemonSet keeps one pod on every node it should run on and
 //!   rolls its template out node by node;
+//! - [`statefulset`]: each StatefulSet keeps its ordinal-named pods, made and
+//!   removed in order, and rolls its template out from the highest ordinal down;
 //! - [`job`]: each Job runs pods to `completions` within its parallelism, back-off
 //!   limit and deadline, counts them without losing one, and expires after its TTL;
+//! - [`cronjob`]: each CronJob makes a Job at every time its schedule names, in its
+//!   time zone and concurrency policy, and keeps a bounded history;
 //! - [`endpoints`]: each Service with a selector gets Endpoints and EndpointSlices
 //!   with the addresses and resolved ports of the pods it selects;
 //! - [`gc`]: objects whose owners are gone are deleted, and owners deleted in the
@@ -23,22 +27,26 @@
 //! `kube-system/kube-controller-manager` Lease, see `cairn-leader`); [`run`] returns
 //! when its stop token fires.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
-pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;
+pub mod statefulset;
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -96,6 +104,12 @@ pub struct Caches {
     pub jobs: Store<Job>,
     /// Every DaemonSet.
     pub daemon_sets: Store<DaemonSet>,
+    /// Every StatefulSet.
+    pub stateful_sets: Store<StatefulSet>,
+    /// Every ControllerRevision (the StatefulSets' template history).
+    pub controller_revisions: Store<ControllerRevision>,
+    /// Every CronJob.
+    pub cron_jobs: Store<CronJob>,
     /// Every Service.
     pub services: Store<Service>,
     /// Every Endpoints object.
@@ -113,6 +127,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
     let (deployments, deployments_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
     let (daemon_sets, daemon_sets_writer) = reflector::store();
+    let (stateful_sets, stateful_sets_writer) = reflector::store();
+    let (controller_revisions, revisions_writer) = reflector::store();
+    let (cron_jobs, cron_jobs_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
     let (endpoints, endpoints_writer) = reflector::store();
     let (endpoint_slices, slices_writer) = reflector::store();
@@ -124,6 +141,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
         deployments,
         jobs,
         daemon_sets,
+        stateful_sets,
+        controller_revisions,
+        cron_jobs,
         services,
         endpoints,
         endpoint_slices,
@@ -169,6 +189,21 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
             .reflect(daemon_sets_writer)
             .map(|e| e.map(|_| ()))
             .boxed(),
+        watcher::watcher(Api::<StatefulSet>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(stateful_sets_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<ControllerRevision>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(revisions_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<CronJob>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(cron_jobs_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
         watcher::watcher(Api::<Service>::all(client.clone()), config())
             .default_backoff()
             .reflect(services_writer)
@@ -204,6 +239,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
                 && caches.deployments.wait_until_ready().await.is_ok()
                 && caches.jobs.wait_until_ready().await.is_ok()
                 && caches.daemon_sets.wait_until_ready().await.is_ok()
+                && caches.stateful_sets.wait_until_ready().await.is_ok()
+                && caches.controller_revisions.wait_until_ready().await.is_ok()
+                && caches.cron_jobs.wait_until_ready().await.is_ok()
                 && caches.services.wait_until_ready().await.is_ok()
                 && caches.endpoints.wait_until_ready().await.is_ok()
                 && caches.endpoint_slices.wait_until_ready().await.is_ok();
@@ -216,6 +254,8 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
                 deployment::run(client.clone(), caches.clone(), options.clone()),
                 job::run(client.clone(), caches.clone(), options.clone()),
                 daemonset::run(client.clone(), caches.clone(), options.clone()),
+                statefulset::run(client.clone(), caches.clone(), options.clone()),
+                cronjob::run(client.clone(), caches.clone(), options.clone()),
                 endpoints::run(client.clone(), caches.clone(), options.clone()),
                 gc::run(client.clone(), graph.clone(), options.clone()),
             );

@@ -25,9 +25,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::events::{self, Involved, Reporter};
 use crate::pods::finished;
 use crate::{Caches, ControllerOptions};
+use cairn_events::{self as events, Involved, Reporter};
 
 /// The taint of a node whose agent stopped reporting.
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";

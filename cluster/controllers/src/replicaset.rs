@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
@@ -20,50 +19,15 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::events::{self, Involved, Reporter};
+use crate::expectations::Expectations;
 use crate::pods::{self, active, ready};
 use crate::selector;
 use crate::{Caches, ControllerOptions};
+use cairn_events::{self as events, Involved, Reporter};
 
 const COMPONENT: &str = "replicaset-controller";
-/// How long an unobserved create or delete is waited for before the controller looks
-/// afresh (kube-controller-manager's expectations timeout).
-const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pods created or deleted for one ReplicaSet in one pass at most.
 const BURST: usize = 100;
-
-/// What the controller asked for a ReplicaSet and has not seen yet.
-#[derive(Default)]
-struct Expectations {
-    /// Pods created (by name) not yet in the cache.
-    creating: Vec<String>,
-    /// Pods deleted (by uid) still in the cache without a deletion timestamp.
-    deleting: Vec<String>,
-    since: Option<Instant>,
-}
-
-impl Expectations {
-    fn settled(&mut self, pods: &[Arc<Pod>]) -> bool {
-        self.creating.retain(|name| {
-            !pods
-                .iter()
-                .any(|p| p.metadata.name.as_deref() == Some(name))
-        });
-        self.deleting.retain(|uid| {
-            pods.iter().any(|p| {
-                p.metadata.uid.as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none()
-            })
-        });
-        let expired = self
-            .since
-            .is_some_and(|s| s.elapsed() > EXPECTATION_TIMEOUT);
-        if expired || (self.creating.is_empty() && self.deleting.is_empty()) {
-            *self = Self::default();
-            return true;
-        }
-        false
-    }
-}
 
 /// Runs the ReplicaSet controller over `caches` (never returns; dropped to stop).
 pub async fn run(client: kube::Client, caches: Caches, options: ControllerOptions) {
@@ -87,7 +51,9 @@ pub async fn run(client: kube::Client, caches: Caches, options: ControllerOption
                 .cloned()
                 .collect();
             let expected = expectations.entry(uid.clone()).or_default();
-            if set.metadata.deletion_timestamp.is_none() && expected.settled(&owned) {
+            if set.metadata.deletion_timestamp.is_none()
+                && expected.settled(&owned, |p| p.metadata.name.clone())
+            {
                 reconcile(&client, &options, &set, &owned, expected).await;
             }
             write_status(&client, &set, &owned).await;
@@ -134,8 +100,7 @@ async fn reconcile(
                 Ok(pod) => {
                     let pod_name = pod.name_any();
                     info!(replicaset = %format!("{namespace}/{name}"), pod = %pod_name, "created a pod");
-                    expected.creating.push(pod_name.clone());
-                    expected.since.get_or_insert_with(Instant::now);
+                    expected.created(pod_name.clone());
                     events::record(
                         client,
                         reporter,
@@ -176,8 +141,7 @@ async fn reconcile(
                 Ok(_) => {
                     info!(replicaset = %format!("{namespace}/{name}"), pod = %pod_name, "deleted a pod");
                     if let Some(uid) = pod.metadata.uid.clone() {
-                        expected.deleting.push(uid);
-                        expected.since.get_or_insert_with(Instant::now);
+                        expected.deleted(uid);
                     }
                     events::record(
                         client,

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cairn_apiserver::testing::TestServer;
 use cairn_controllers::deployment::{POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
-use cairn_controllers::{ControllerOptions, run};
-use common::{client, until};
+use cairn_controllers::run;
+use common::{client, options, play_the_agent, ready, until};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
@@ -25,74 +25,6 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn options() -> ControllerOptions {
-    ControllerOptions {
-        instance: "test".into(),
-        node_grace: Duration::from_secs(60),
-        eviction_timeout: Duration::from_secs(60),
-        resync: Duration::from_millis(100),
-    }
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// The node agent's part: pods become Running and Ready 200 ms after they appear;
-/// pods being deleted are removed for good.
-async fn play_the_agent(pods: Api<Pod>, stop: CancellationToken) {
-    while !stop.is_cancelled() {
-        for pod in pods.list(&ListParams::default()).await.unwrap().items {
-            let name = pod.name_any();
-            if pod.metadata.deletion_timestamp.is_some() {
-                let _ = pods
-                    .delete(&name, &DeleteParams::default().grace_period(0))
-                    .await;
-            } else if let Some(phase) = job_outcome(&pod) {
-                // A Job's container runs to its end.
-                let status = json!({"status": {"phase": phase}});
-                let _ = pods
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                    .await;
-            } else if !ready(&pod) {
-                let age = pod
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0))
-                    .unwrap_or_default();
-                if age.as_millis() >= 200 {
-                    let status = json!({"status": {"phase": "Running", "conditions": [
-                        {"type": "Ready", "status": "True"}]}});
-                    let _ = pods
-                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                        .await;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The phase a pod of image `job:ok` or `job:fail` ends in, once 200 ms old and not
-/// ended yet.
-fn job_outcome(pod: &Pod) -> Option<&'static str> {
-    let image = pod.spec.as_ref()?.containers.first()?.image.as_deref()?;
-    let phase = match image {
-        "job:ok" => "Succeeded",
-        "job:fail" => "Failed",
-        _ => return None,
-    };
-    let current = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    let age = k8s_openapi::jiff::Timestamp::now()
-        .duration_since(pod.metadata.creation_timestamp.as_ref()?.0)
-        .as_millis();
-    (age >= 200 && current != Some(phase)).then_some(phase)
-}
 
 /// Pods of `app` not being deleted: (all, ready, their template hashes).
 async fn census(pods: &Api<Pod>, app: &str) -> (usize, usize, BTreeSet<String>) {

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_events::{Involved, Reporter};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -439,36 +440,16 @@ async fn record_event(
     reason: &str,
     message: &str,
 ) {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let now = Timestamp::now().to_string();
-    let event = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name,
-            "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version,
-        },
-        "reason": reason,
-        "message": message,
-        "type": kind,
-        "source": {"component": options.name},
-        "reportingComponent": options.name,
-        "reportingInstance": options.instance,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    });
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), namespace);
-    let event = match serde_json::from_value(event) {
-        Ok(event) => event,
-        Err(err) => {
-            warn!(error = %err, "an event did not form");
-            return;
-        }
+    let reporter = Reporter {
+        component: &options.name,
+        instance: &options.instance,
     };
-    if let Err(err) = events.create(&PostParams::default(), &event).await {
-        debug!(pod = %name, %reason, error = %err, "could not record an event");
-    }
+    let involved = Involved {
+        api_version: "v1",
+        kind: "Pod",
+        namespace: pod.metadata.namespace.as_deref(),
+        name: pod.metadata.name.as_deref().unwrap_or_default(),
+        uid: pod.metadata.uid.as_deref(),
+    };
+    cairn_events::record(client, reporter, involved, kind, reason, message).await;
 }

@@ -11,13 +11,12 @@ use crate::supervisor::Service;
 
 pub mod agent;
 pub mod apiserver;
-pub mod controllers;
 pub mod kube_client;
+pub mod leader_elected;
 pub mod link_monitor;
 pub mod network;
 pub mod podnet;
 pub mod runtime;
-pub mod scheduler;
 pub mod store;
 pub mod testing;
 

@@ -1,11 +1,17 @@
-//! What the in-process controller tests share: an admin client of the test API server
-//! and a bounded wait.
+//! What the in-process controller tests share: an admin client of the test API server,
+//! a bounded wait, and the node agent's part (no agent runs in process).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
 use cairn_apiserver::testing::TestServer;
+use cairn_controllers::ControllerOptions;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// A `kube` client of `server` as a `system:masters` admin.
 pub async fn client(server: &TestServer) -> kube::Client {
@@ -31,4 +37,81 @@ pub async fn until<T, Fut: Future<Output = Option<T>>>(
         assert!(Instant::now() < deadline, "{what}: not within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+pub fn options() -> ControllerOptions {
+    ControllerOptions {
+        instance: "test".into(),
+        node_grace: Duration::from_secs(60),
+        eviction_timeout: Duration::from_secs(60),
+        resync: Duration::from_millis(100),
+    }
+}
+
+pub fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The node agent's part: pods become Running and Ready 200 ms after they appear
+/// (those of image `stuck` stay Pending); pods being deleted are removed for good.
+pub async fn play_the_agent(pods: Api<Pod>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        for pod in pods.list(&ListParams::default()).await.unwrap().items {
+            let name = pod.name_any();
+            if pod.metadata.deletion_timestamp.is_some() {
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+            } else if let Some(phase) = job_outcome(&pod) {
+                // A Job's container runs to its end.
+                let status = json!({"status": {"phase": phase}});
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            } else if !ready(&pod) && !stuck(&pod) {
+                let age = pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0))
+                    .unwrap_or_default();
+                if age.as_millis() >= 200 {
+                    let status = json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True"}]}});
+                    let _ = pods
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the pod's image is `stuck`: it never starts.
+pub fn stuck(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref())
+        == Some("stuck")
+}
+
+/// The phase a pod of image `job:ok` or `job:fail` ends in, once 200 ms old and not
+/// ended yet.
+pub fn job_outcome(pod: &Pod) -> Option<&'static str> {
+    let image = pod.spec.as_ref()?.containers.first()?.image.as_deref()?;
+    let phase = match image {
+        "job:ok" => "Succeeded",
+        "job:fail" => "Failed",
+        _ => return None,
+    };
+    let current = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let age = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(pod.metadata.creation_timestamp.as_ref()?.0)
+        .as_millis();
+    (age >= 200 && current != Some(phase)).then_some(phase)
 }

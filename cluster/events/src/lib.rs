@@ -1,5 +1,6 @@
-//! Events the controllers record on the objects they act on (core/v1, as `kubectl
-//! describe` lists them). Recording is best effort: a failure is logged, never fatal.
+//! Events Cairn's control-plane components record on the objects they act on (core/v1,
+//! as `kubectl describe` lists them): the scheduler on pods, the controllers on their
+//! workloads. Recording is best effort: a failure is logged, never fatal.
 
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::Timestamp;
@@ -22,7 +23,8 @@ pub struct Involved<'a> {
     pub uid: Option<&'a str>,
 }
 
-/// Who records: the component (`replicaset-controller`) and its instance.
+/// Who records: the component (`default-scheduler`, `replicaset-controller`) and its
+/// instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Reporter<'a> {
     /// The controller's name.
