@@ -3,12 +3,14 @@
 //! Each cluster lives in a state directory of its own (`~/.cairn/clusters/<name>`, or
 //! under `$CAIRN_CLUSTERS_DIR`): the cluster's secrets, and per node its machine
 //! config, disk, console log, QMP socket and QEMU pid file. Nothing is made outside
-//! it but the client context, which `destroy` removes again.
+//! it but the client context, which `destroy` removes again; an admin kubeconfig for
+//! the cluster's Kubernetes API is written into it as `kubeconfig`.
 //!
 //! Networking stays on this machine: the nodes share an L2 segment made of QEMU
 //! multicast sockets on 127.0.0.1 with a port of the cluster's own, and each node's
-//! machine API is forwarded from 127.0.0.1 by a second, restricted user-mode NIC
-//! (the guest cannot send anything off the machine through it).
+//! machine API (and a control plane's Kubernetes API) is forwarded from 127.0.0.1 by a
+//! second, restricted user-mode NIC (the guest cannot send anything off the machine
+//! through it).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use cairn_api::bundle::{NodeSpec, Secrets};
 use cairn_api::client_config::Context;
-use cairn_api::machine_api::{Ack, Health, PORT, paths};
+use cairn_api::machine_api::{Ack, Health, KubeconfigResponse, PORT, paths};
 use cairn_api::machine_config::{InterfaceConfig, MachineType};
 use cairn_api::pki::{Ca, Role};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -40,8 +42,9 @@ pub struct CreateOptions {
     /// Worker nodes.
     #[arg(long, default_value_t = 0)]
     pub workers: u8,
-    /// Guest memory per node, MiB.
-    #[arg(long, default_value_t = 512)]
+    /// Guest memory per node, MiB (a control plane runs the store, the API server, the
+    /// controllers and pods).
+    #[arg(long, default_value_t = 768)]
     pub memory: u32,
     /// Install disk size per node, MiB.
     #[arg(long, default_value_t = 1024)]
@@ -77,6 +80,9 @@ pub struct NodeRecord {
     pub address: String,
     /// Host port forwarded to its machine API.
     pub api_port: u16,
+    /// Host port forwarded to its Kubernetes API (control planes).
+    #[serde(default)]
+    pub kube_api_port: Option<u16>,
 }
 
 /// A cluster's state file (`cluster.json`).
@@ -248,12 +254,19 @@ fn boot_nodes(
             .arg(format!("{}M", options.disk)))
         .context("creating the node's disk (install qemu-utils)")?;
         let api_port = free_port()?;
+        let kube_api_port = match machine_type {
+            MachineType::Controlplane => Some(free_port()?),
+            MachineType::Worker => None,
+        };
         start_vm(
             &node_dir,
             manifest,
             options.memory,
             segment_port,
-            api_port,
+            Forwards {
+                api_port,
+                kube_api_port,
+            },
             &options.name,
             index,
         )?;
@@ -262,6 +275,7 @@ fn boot_nodes(
             role: machine_type.to_string(),
             address: address.clone(),
             api_port,
+            kube_api_port,
         });
         std::fs::write(
             dir.join("cluster.json"),
@@ -289,6 +303,7 @@ fn boot_nodes(
 
     wait_healthy(&record, &context, Duration::from_secs(options.wait), dir)?;
     bootstrap(&record, &context, Duration::from_secs(options.wait))?;
+    let kubeconfig = write_kubeconfig(&record, &context, Duration::from_secs(options.wait), dir)?;
     println!(
         "cluster {:?} is up: {} node(s); context {:?} written to {}",
         options.name,
@@ -297,12 +312,28 @@ fn boot_nodes(
         path.display()
     );
     for node in &record.nodes {
+        let kube = node
+            .kube_api_port
+            .map(|port| format!(", Kubernetes API 127.0.0.1:{port}"))
+            .unwrap_or_default();
         println!(
-            "  {:<16} {:<13} {:<10} machine API 127.0.0.1:{}",
+            "  {:<16} {:<13} {:<10} machine API 127.0.0.1:{}{kube}",
             node.name, node.role, node.address, node.api_port
         );
     }
+    println!(
+        "kubeconfig (admin) in {0}: kubectl --kubeconfig {0} get nodes",
+        kubeconfig.display()
+    );
     Ok(())
+}
+
+/// The host ports forwarded (from 127.0.0.1) into a node.
+struct Forwards {
+    /// To its machine API.
+    api_port: u16,
+    /// To its Kubernetes API, on control planes.
+    kube_api_port: Option<u16>,
 }
 
 fn start_vm(
@@ -310,10 +341,17 @@ fn start_vm(
     manifest: &ImageManifest,
     memory: u32,
     segment_port: u16,
-    api_port: u16,
+    forwards: Forwards,
     cluster: &str,
     index: usize,
 ) -> anyhow::Result<()> {
+    let mut user_net = format!(
+        "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{}-:{PORT}",
+        forwards.api_port
+    );
+    if let Some(port) = forwards.kube_api_port {
+        user_net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{KUBE_API_PORT}"));
+    }
     let accel = match std::env::var("CAIRN_QEMU_ACCEL").as_deref() {
         Ok("kvm") => "kvm",
         _ => "tcg",
@@ -368,7 +406,7 @@ fn start_vm(
         ])
         .args([
             "-netdev",
-            &format!("user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:{PORT}"),
+            &user_net,
             "-device",
             &format!("virtio-net-pci,netdev=mgmt,mac={},romfile=", mac(1)),
         ])
@@ -481,6 +519,53 @@ fn bootstrap(record: &ClusterRecord, context: &Context, timeout: Duration) -> an
             }
         }
     })
+}
+
+/// The port the Kubernetes API serves on, on control planes.
+const KUBE_API_PORT: u16 = 6443;
+
+/// Asks the first control plane for an admin kubeconfig (once its API server is up)
+/// and writes it as `<dir>/kubeconfig`, pointed at the port forwarded to it (its
+/// serving certificate names 127.0.0.1).
+fn write_kubeconfig(
+    record: &ClusterRecord,
+    context: &Context,
+    timeout: Duration,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let first = record
+        .nodes
+        .iter()
+        .find(|n| n.role == "controlplane")
+        .context("the cluster has no control plane")?;
+    let port = first
+        .kube_api_port
+        .context("the first control plane has no forwarded Kubernetes API port")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = NodeClient::new(&format!("127.0.0.1:{}", first.api_port), context)?;
+    let deadline = Instant::now() + timeout;
+    let answer: KubeconfigResponse = runtime.block_on(async {
+        loop {
+            match client
+                .post::<_, KubeconfigResponse>(paths::KUBECONFIG, &serde_json::json!({}))
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(err) if Instant::now() >= deadline => {
+                    bail!("{} gave no kubeconfig: {err}", first.name)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    })?;
+    let text = answer
+        .kubeconfig
+        .replace(&answer.server, &format!("https://127.0.0.1:{port}"));
+    let path = dir.join("kubeconfig");
+    write_private(&path, &text)?;
+    Ok(path)
 }
 
 /// Stops a cluster's VMs (by the pids QEMU recorded) and removes its state and context.

@@ -383,6 +383,30 @@ fn cluster_create_and_destroy_leave_nothing_behind() {
         })
         .filter_map(|p| p.trim().parse().ok())
         .collect();
+    // The kubeconfig it wrote drives the control plane's Kubernetes API from here,
+    // through the forwarded port, with real kubectl.
+    let kubeconfig = clusters.join(&name).join("kubeconfig");
+    let kubectl = std::env::var_os("CAIRN_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| qemu_tests::target_dir().join("cairn-venv"))
+        .join("bin/kubectl");
+    let served = created.is_ok().then(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let out = std::process::Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["get", "namespaces", "-o", "name", "--request-timeout=20s"])
+                .output()
+                .expect("kubectl");
+            // The server writes the default namespaces once the store has a leader.
+            let listed = String::from_utf8_lossy(&out.stdout).contains("namespace/default");
+            if (out.status.success() && listed) || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    });
     // Destroy whatever happened, so a failure leaves no VM behind.
     let destroyed = cli(&[
         "cluster",
@@ -394,6 +418,13 @@ fn cluster_create_and_destroy_leave_nothing_behind() {
     ]);
     created.expect("cluster create");
     destroyed.expect("cluster destroy");
+    let served = served.expect("kubectl ran");
+    let namespaces = String::from_utf8_lossy(&served.stdout);
+    assert!(
+        served.status.success() && namespaces.contains("namespace/default"),
+        "kubectl through the written kubeconfig: {namespaces} {}",
+        String::from_utf8_lossy(&served.stderr)
+    );
 
     assert_eq!(record.nodes.len(), 2);
     assert_eq!(pids.len(), 2, "both VMs recorded their pid");

@@ -1,5 +1,6 @@
 //! Test images built without any network from files of the host: a busybox image
-//! from Debian's `busybox-static`, usable by every test tier.
+//! from Debian's `busybox-static`, usable by every test tier, and the demo's web
+//! server image (the same busybox serving a page with its `httpd` applet).
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +17,15 @@ use crate::layout::write_oci_layout;
 /// The name the busybox test image is imported under.
 /// (A version tag, not `latest`: Kubernetes pulls `latest` images on every start.)
 pub const BUSYBOX_IMAGE: &str = "cairn.test/busybox:1.35";
+
+/// The name the demo's web server image is imported under.
+pub const HTTPD_IMAGE: &str = "cairn.demo/httpd:1.0";
+
+/// The port the demo's web server listens on.
+pub const HTTPD_PORT: u16 = 8080;
+
+/// The page the demo's web server serves at `/`.
+const HTTPD_INDEX: &str = "<html><body><h1>Hello from a pod on Cairn</h1></body></html>\n";
 
 /// The applets `busybox --list` names.
 fn applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
@@ -34,8 +44,9 @@ fn applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
         .collect())
 }
 
-/// The root file system of the busybox image, as an uncompressed tar.
-fn busybox_layer(busybox: &Path) -> Result<Vec<u8>, ImageError> {
+/// The root file system of the busybox image, with `extra` files (path, contents),
+/// as an uncompressed tar.
+fn busybox_layer(busybox: &Path, extra: &[(&str, &str)]) -> Result<Vec<u8>, ImageError> {
     let binary = std::fs::read(busybox).map_err(io_at(busybox))?;
     let mut tar = tar::Builder::new(Vec::new());
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -65,13 +76,24 @@ fn busybox_layer(busybox: &Path) -> Result<Vec<u8>, ImageError> {
         tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
             .map_err(fail)?;
     }
-    for (path, text) in [
+    let base = [
         (
             "etc/passwd",
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
         ),
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-    ] {
+    ];
+    let mut made_dirs: Vec<String> = Vec::new();
+    for (path, text) in base.iter().chain(extra) {
+        if let Some((dir, _)) = path.rsplit_once('/')
+            && !["etc", "bin", "root", "var", "tmp"].contains(&dir)
+            && !made_dirs.iter().any(|d| d == dir)
+        {
+            let mut h = header(tar::EntryType::Directory, 0o755, 0);
+            tar.append_data(&mut h, format!("{dir}/"), std::io::empty())
+                .map_err(fail)?;
+            made_dirs.push(dir.to_owned());
+        }
         let mut h = header(tar::EntryType::Regular, 0o644, text.len() as u64);
         tar.append_data(&mut h, path, text.as_bytes())
             .map_err(fail)?;
@@ -92,7 +114,31 @@ pub fn write_busybox_layout_as(
     out: &Path,
     reference: &str,
 ) -> Result<Digest, ImageError> {
-    let layer = busybox_layer(busybox)?;
+    write_layout(busybox, out, reference, &[], &["sh"])
+}
+
+/// Writes the demo's web server image ([`HTTPD_IMAGE`]): busybox with a page in
+/// `/www`, serving it on [`HTTPD_PORT`] in the foreground (`httpd -f -v`).
+pub fn write_httpd_layout(busybox: &Path, out: &Path) -> Result<Digest, ImageError> {
+    let port = HTTPD_PORT.to_string();
+    write_layout(
+        busybox,
+        out,
+        HTTPD_IMAGE,
+        &[("www/index.html", HTTPD_INDEX)],
+        &["httpd", "-f", "-v", "-p", &port, "-h", "/www"],
+    )
+}
+
+/// Writes a busybox image with `extra` files and command `cmd` as an OCI layout.
+fn write_layout(
+    busybox: &Path,
+    out: &Path,
+    reference: &str,
+    extra: &[(&str, &str)],
+    cmd: &[&str],
+) -> Result<Digest, ImageError> {
+    let layer = busybox_layer(busybox, extra)?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&layer)
         .and_then(|()| gz.flush())
@@ -106,7 +152,7 @@ pub fn write_busybox_layout_as(
                 .env(vec![
                     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
                 ])
-                .cmd(vec!["sh".to_owned()])
+                .cmd(cmd.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>())
                 .build()
                 .map_err(|e| invalid("config", e))?,
         )

@@ -32,12 +32,16 @@ enum Task {
         #[arg(long)]
         no_iso: bool,
     },
-    /// Build the image and `cairnctl`, and boot a local Cairn cluster under QEMU.
+    /// Build the image and `cairnctl`, boot a local Cairn cluster under QEMU (three
+    /// control planes) and run a demo Deployment on it with kubectl.
     Demo {
         /// The cluster's name.
         #[arg(long, default_value = "demo")]
         name: String,
-        /// Worker nodes besides the control plane.
+        /// Control-plane nodes.
+        #[arg(long, default_value_t = 3)]
+        control_planes: u8,
+        /// Worker nodes besides the control planes.
         #[arg(long, default_value_t = 0)]
         workers: u8,
     },
@@ -72,7 +76,11 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Image { no_iso } => build::image(!no_iso).map(drop),
-        Task::Demo { name, workers } => demo::run(&name, workers),
+        Task::Demo {
+            name,
+            control_planes,
+            workers,
+        } => demo::run(&name, control_planes, workers),
         Task::Test {
             no_install,
             qemu_filter,

@@ -1,11 +1,19 @@
 //! `cairn-test-images <dir> [busybox]`: writes the OCI test images (busybox, from the
-//! static busybox at `/bin/busybox` unless another is named) as OCI layouts under
-//! `<dir>/`, for the runtime's tests, the QEMU scenarios and the benchmarks.
+//! static busybox at `/bin/busybox` unless another is named, and the demo's web server
+//! made of it) as OCI layouts under `<dir>/busybox` and `<dir>/httpd`, for the
+//! runtime's tests, the QEMU scenarios, the benchmarks and `cargo xtask demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn_runtime::test_images::{BUSYBOX_IMAGE, write_busybox_layout};
+use cairn_runtime::test_images::{
+    BUSYBOX_IMAGE, HTTPD_IMAGE, write_busybox_layout, write_httpd_layout,
+};
+
+type WriteLayout = fn(
+    &std::path::Path,
+    &std::path::Path,
+) -> Result<cairn_runtime::digest::Digest, cairn_runtime::images::ImageError>;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -16,19 +24,23 @@ fn main() -> ExitCode {
     let busybox = args
         .next()
         .map_or_else(|| PathBuf::from("/bin/busybox"), PathBuf::from);
-    let out = dir.join("busybox");
-    match write_busybox_layout(&busybox, &out) {
-        Ok(digest) => {
-            eprintln!("{BUSYBOX_IMAGE} ({digest}) in {}", out.display());
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!(
-                "cannot build the busybox test image from {} (install busybox-static): {}",
-                busybox.display(),
-                cairn_api::error_chain(&err)
-            );
-            ExitCode::FAILURE
+    let images: [(&str, &str, WriteLayout); 2] = [
+        ("busybox", BUSYBOX_IMAGE, write_busybox_layout),
+        ("httpd", HTTPD_IMAGE, write_httpd_layout),
+    ];
+    for (dir_name, reference, write) in images {
+        let out = dir.join(dir_name);
+        match write(&busybox, &out) {
+            Ok(digest) => eprintln!("{reference} ({digest}) in {}", out.display()),
+            Err(err) => {
+                eprintln!(
+                    "cannot build {reference} from {} (install busybox-static): {}",
+                    busybox.display(),
+                    cairn_api::error_chain(&err)
+                );
+                return ExitCode::FAILURE;
+            }
         }
     }
+    ExitCode::SUCCESS
 }
