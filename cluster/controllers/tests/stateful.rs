@@ -12,11 +12,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use cairn_apiserver::testing::TestServer;
 use cairn_controllers::cronjob::SCHEDULED_TIMESTAMP_ANNOTATION;
-use cairn_controllers::run;
 use cairn_controllers::statefulset::{POD_INDEX_LABEL, POD_NAME_LABEL};
-use common::{client, options, play_the_agent, ready, until};
+use common::{Running, ready, until};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -109,13 +107,8 @@ async fn settled(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Stateful
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_set_starts_in_order_rolls_from_the_top_and_scales_down_from_the_top() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestServer::start().await.unwrap();
-    let client = client(&server).await;
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+    let running = Running::start().await;
+    let (client, pods) = (running.client.clone(), running.pods.clone());
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
     let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
 
@@ -268,9 +261,7 @@ async fn a_stateful_set_starts_in_order_rolls_from_the_top_and_scales_down_from_
         "queue-1 waits for queue-0"
     );
 
-    stop.cancel();
-    controllers.await.unwrap();
-    agent.await.unwrap();
+    running.finish().await;
 }
 
 fn cron_job(name: &str, image: &str, extra: serde_json::Value) -> CronJob {
@@ -351,13 +342,8 @@ async fn reasons(events: &Api<Event>, name: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_jobs_run_their_due_time_once_within_their_concurrency_policy() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestServer::start().await.unwrap();
-    let client = client(&server).await;
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+    let running = Running::start().await;
+    let client = running.client.clone();
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
@@ -504,7 +490,5 @@ async fn cron_jobs_run_their_due_time_once_within_their_concurrency_policy() {
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert!(jobs_of(&jobs, "paused").await.is_empty());
 
-    stop.cancel();
-    controllers.await.unwrap();
-    agent.await.unwrap();
+    running.finish().await;
 }

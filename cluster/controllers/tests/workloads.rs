@@ -17,7 +17,7 @@ use std::time::Duration;
 use cairn_apiserver::testing::TestServer;
 use cairn_controllers::deployment::{POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use cairn_controllers::run;
-use common::{client, options, play_the_agent, ready, until};
+use common::{Running, client, options, play_the_agent, ready, until};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
@@ -84,13 +84,8 @@ fn set_image(image: &str) -> Patch<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_rolls_out_scales_rolls_back_and_is_collected() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestServer::start().await.unwrap();
-    let client = client(&server).await;
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+    let running = Running::start().await;
+    let (client, pods) = (running.client.clone(), running.pods.clone());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let deployment: Deployment = serde_json::from_value(json!({
@@ -274,9 +269,7 @@ async fn a_deployment_rolls_out_scales_rolls_back_and_is_collected() {
             .then_some(())
     })
     .await;
-    stop.cancel();
-    controllers.await.unwrap();
-    agent.await.unwrap();
+    running.finish().await;
 }
 
 /// The name of the ReplicaSet among `sets` whose template runs `image`.
@@ -301,13 +294,8 @@ fn first_set_name(sets: &[ReplicaSet], image: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_deleted_in_the_foreground_wait_and_orphaned_dependents_stay() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestServer::start().await.unwrap();
-    let client = client(&server).await;
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+    let running = Running::start().await;
+    let (client, pods) = (running.client.clone(), running.pods.clone());
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let make_set = |name: &str| -> ReplicaSet {
@@ -392,9 +380,7 @@ async fn owners_deleted_in_the_foreground_wait_and_orphaned_dependents_stay() {
         maps.get_opt("owned").await.ok()?.is_none().then_some(())
     })
     .await;
-    stop.cancel();
-    controllers.await.unwrap();
-    agent.await.unwrap();
+    running.finish().await;
 }
 
 fn job(name: &str, image: &str, extra: serde_json::Value) -> Job {
@@ -419,13 +405,8 @@ fn finished(job: &Job, kind: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_fail_at_their_backoff_limit_and_expire() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestServer::start().await.unwrap();
-    let client = client(&server).await;
-    let stop = CancellationToken::new();
-    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+    let running = Running::start().await;
+    let (client, pods) = (running.client.clone(), running.pods.clone());
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
 
     // Three completions, two at a time: never more than two running, exactly three
@@ -528,9 +509,7 @@ async fn jobs_complete_fail_at_their_backoff_limit_and_expire() {
         (gone && pods_left == 0).then_some(())
     })
     .await;
-    stop.cancel();
-    controllers.await.unwrap();
-    agent.await.unwrap();
+    running.finish().await;
 }
 
 /// The node each daemon pod of `app` is pinned to, and its image.

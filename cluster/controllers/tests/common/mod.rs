@@ -23,6 +23,52 @@ pub async fn client(server: &TestServer) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
+/// A test API server with the controllers running against it and the test playing
+/// the node agent for the `default` namespace's pods.
+pub struct Running {
+    /// Kept alive for the test: dropping it stops the server.
+    _server: TestServer,
+    /// An admin client of the server.
+    pub client: kube::Client,
+    /// The `default` namespace's pods.
+    pub pods: Api<Pod>,
+    stop: CancellationToken,
+    controllers: tokio::task::JoinHandle<()>,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the server, the controllers and the agent's part.
+    pub async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let server = TestServer::start().await.unwrap();
+        let client = client(&server).await;
+        let stop = CancellationToken::new();
+        let controllers = tokio::spawn(cairn_controllers::run(
+            client.clone(),
+            options(),
+            stop.clone(),
+        ));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+        Self {
+            _server: server,
+            client,
+            pods,
+            stop,
+            controllers,
+            agent,
+        }
+    }
+
+    /// Stops the controllers and the agent's part, failing the test if either panicked.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        self.controllers.await.unwrap();
+        self.agent.await.unwrap();
+    }
+}
+
 /// Polls `check` every 50 ms until it gives a value; fails the test naming `what`
 /// after 30 s.
 pub async fn until<T, Fut: Future<Output = Option<T>>>(
