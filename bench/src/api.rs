@@ -149,6 +149,7 @@ async fn run_async(load: ApiLoad) -> anyhow::Result<()> {
             serving_cert: serving.cert_pem,
             serving_key: serving.key_pem,
             encryption_keys: Vec::new(),
+            nodes: None,
         },
         Arc::clone(&store),
     )

@@ -13,7 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod client;
+/// The machine API client (its own crate, shared with the API server's node relay).
+pub use cairn_machine_client as client;
 pub mod commands;
 pub mod exec;
 pub mod generate;

@@ -164,7 +164,13 @@ async fn relay(
                 return;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        // A close without a code reads as an error to client-go ("close 1005 (no
+        // status)"); the exit status went out on the error channel already.
+        let close = axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: axum::extract::ws::Utf8Bytes::from_static(""),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
     });
     // Input is written by a task of its own: a command that does not read must not
     // stop the reader, which notices resizes and a client that leaves.

@@ -168,6 +168,9 @@ pub struct NodeContext {
     pub tls: TlsState,
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where it can be dialled once it listens (the API server's relay, the Node's
+    /// published port).
+    pub bound: crate::services::listen::ListenAddress,
     /// The replicated store, on control planes.
     pub store: crate::services::store::StoreHandle,
     /// The container runtime.
@@ -844,6 +847,7 @@ impl Service for MachineApiService {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             info!(address, "machine API listening");
+            ctx.bound.set(listener.local_addr().ok());
             let tls = ctx.tls.clone();
             serve(
                 listener,
@@ -852,6 +856,7 @@ impl Service for MachineApiService {
                 service.shutdown,
             )
             .await;
+            ctx.bound.set(None);
             Ok(())
         }
         .boxed()

@@ -44,8 +44,9 @@ use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
 use crate::services::agent::{AgentService, AgentServiceSettings};
-use crate::services::apiserver::{ApiServerHandle, ApiServerService, ApiServerSettings};
+use crate::services::apiserver::{ApiServerService, ApiServerSettings};
 use crate::services::leader_elected::{ControlPlaneSettings, LeaderElectedService};
+use crate::services::listen::ListenAddress;
 use crate::services::network::{NetworkHandle, NetworkService};
 use crate::services::podnet::{PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
@@ -120,6 +121,8 @@ pub struct BootContext {
     pub runtime: crate::services::runtime::RuntimeHandle,
     /// The network reconciler's status, once it runs (PID 1).
     pub network: crate::services::network::NetworkHandle,
+    /// Where the machine API can be dialled, once it listens.
+    pub machine_api: ListenAddress,
     /// When the process started.
     pub started: Instant,
 }
@@ -720,6 +723,7 @@ async fn start_machine_api(
         persistence: settled.persistence.clone(),
         tls,
         listen: ctx.options.api_listen,
+        bound: ctx.machine_api.clone(),
         store: ctx.store.clone(),
         runtime: ctx.runtime.clone(),
         network: ctx.network.clone(),
@@ -806,11 +810,12 @@ async fn start_services(
             .start(Arc::new(StoreService::new(settings, ctx.store.clone())))?;
         let api =
             ApiServerSettings::from_config(&settled.config, ctx.options.kube_api_listen, names)?;
-        let api_handle = ApiServerHandle::default();
+        let api_handle = ListenAddress::default();
         ctx.supervisor.start(Arc::new(ApiServerService::new(
             api,
             ctx.store.clone(),
             api_handle.clone(),
+            (node_name.clone(), ctx.machine_api.clone()),
         )))?;
         let control_plane = ControlPlaneSettings::from_config(&settled.config, &node_name)?;
         ctx.supervisor
@@ -831,6 +836,7 @@ async fn start_services(
             ctx.runtime.clone(),
             pod_network,
             local_api,
+            ctx.machine_api.clone(),
         )))?,
         Ok(None) => {}
         // The node still serves its machine API, where a fixed config can be applied.

@@ -47,6 +47,7 @@ pub async fn run(
         store: crate::services::store::StoreHandle::default(),
         runtime: crate::services::runtime::RuntimeHandle::default(),
         network: crate::services::network::NetworkHandle::default(),
+        machine_api: crate::services::listen::ListenAddress::default(),
         started,
     };
 

@@ -3,7 +3,9 @@
 //! and renews its Lease; a pod created through the API is bound by the scheduler, run
 //! by the runtime with the config map and secret it mounts, and reported Running and
 //! Ready; a pod that ends is reported Succeeded; a deleted pod stops within its grace
-//! period, leaves the node, and is then gone from the API.
+//! period, leaves the node, and is then gone from the API. Real kubectl reads the
+//! pods' logs and runs commands in them (`kubectl logs`, `kubectl exec [-i]`), relayed
+//! by the API server to the node's machine API.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -210,7 +212,7 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         // A long-running pod: bound, started, reported Running and Ready.
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let serve = "test \"$(cat /etc/conf/greeting)$(cat /etc/creds/password)\" = hellos3cret \
-                     || exit 3; trap 'exit 0' TERM; while true; do sleep 0.2; done";
+                     || exit 3; echo serving; trap 'exit 0' TERM; while true; do sleep 0.2; done";
         pods.create(&PostParams::default(), &pod("web", serve, "Always"))
             .await
             .unwrap();
@@ -252,6 +254,29 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         assert_eq!(terminated.exit_code, 0);
         assert_eq!(condition(&done, "Ready").as_deref(), Some("False"));
 
+        // kubectl reads the logs and runs commands, through the API server's relay.
+        let kubeconfig = work.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, &text).unwrap();
+        let kubectl = |args: &[&str], input: &str| kubectl(&kubeconfig, args, input);
+        let (code, out, err) = kubectl(&["logs", "web"], "");
+        assert_eq!((code, out.as_str()), (0, "serving\n"), "{err}");
+        let (code, out, err) = kubectl(&["logs", "once", "--tail=1"], "");
+        assert_eq!((code, out.as_str()), (0, "done\n"), "{err}");
+        let (code, _, err) = kubectl(&["logs", "web", "-c", "nope"], "");
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("container nope is not valid for pod web"),
+            "{err}"
+        );
+        let (code, out, err) = kubectl(&["exec", "web", "--", "cat", "/etc/conf/greeting"], "");
+        assert_eq!((code, out.as_str()), (0, "hello"), "{err}");
+        let (code, out, err) = kubectl(&["exec", "-i", "web", "--", "cat"], "ping\n");
+        assert_eq!((code, out.as_str()), (0, "ping\n"), "{err}");
+        let (code, _, err) = kubectl(&["exec", "web", "--", "sh", "-c", "exit 3"], "");
+        assert_eq!(code, 3, "{err}");
+        let (code, _, err) = kubectl(&["exec", "web", "--", "/no/such/command"], "");
+        assert_ne!(code, 0, "{err}");
+
         // Deleting web: it is stopped (its TERM trap exits at once, well inside the
         // grace period), leaves the node, and then the API.
         let uid = running.metadata.uid.clone().unwrap();
@@ -273,6 +298,40 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         })
         .await;
     }
+}
+
+/// Runs the kubectl of the test venv (`cargo xtask test` makes it) with `kubeconfig`,
+/// writing `input` to its stdin: its exit code, stdout and stderr.
+fn kubectl(kubeconfig: &Path, args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let venv = std::env::var_os("CAIRN_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            Path::new(env!("CARGO_BIN_EXE_cairn"))
+                .ancestors()
+                .map(|dir| dir.join("cairn-venv"))
+                .find(|venv| venv.exists())
+        })
+        .expect("the test venv with kubectl (cargo xtask test makes it under the target dir)");
+    let mut child = std::process::Command::new(venv.join("bin/kubectl"))
+        .args(args)
+        .args(["--request-timeout", "30s"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn context(secrets: &cairn_api::bundle::Secrets) -> Context {

@@ -51,6 +51,30 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// kubectl with `kubeconfig` and `input` on its stdin: its exit code, stdout and
+/// stderr.
+fn kubectl_with_input(kubeconfig: &Path, args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(venv().join("bin/kubectl"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
     kubectl(kubeconfig, args).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -759,6 +783,26 @@ async fn stateful_sets_and_cron_jobs(kubeconfig: &Path) {
     );
     assert_eq!(identity, "web-1.web");
 
+    // kubectl exec reaches each pod on its node through the API server's relay (the
+    // three are spread over the three nodes): output, stdin and the exit code.
+    for name in names {
+        let (code, out, err) =
+            kubectl_with_input(kubeconfig, &["exec", name, "--", "hostname"], "");
+        assert_eq!((code, out.trim()), (0, name), "{err}");
+    }
+    let (code, out, err) = kubectl_with_input(
+        kubeconfig,
+        &["exec", "-i", "web-1", "--", "cat"],
+        "over the relay\n",
+    );
+    assert_eq!((code, out.as_str()), (0, "over the relay\n"), "{err}");
+    let (code, _, err) = kubectl_with_input(
+        kubeconfig,
+        &["exec", "web-2", "--", "sh", "-c", "exit 3"],
+        "",
+    );
+    assert_eq!(code, 3, "{err}");
+
     // A rolling update to the second image, then back.
     kubectl_ok(
         kubeconfig,
@@ -838,6 +882,10 @@ async fn stateful_sets_and_cron_jobs(kubeconfig: &Path) {
         ],
     );
     assert!(!last.is_empty(), "no lastSuccessfulTime after {done}");
+    // The Job's pod's log, from whichever node ran it.
+    let job = done.split_whitespace().next().unwrap();
+    let log = kubectl_ok(kubeconfig, &["logs", &format!("job/{job}")]);
+    assert_eq!(log, "tick\n");
     kubectl_ok(
         kubeconfig,
         &[

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -59,6 +60,9 @@ pub struct NodeFacts {
     pub addresses: Vec<String>,
     /// The range its pods take addresses from.
     pub pod_cidr: Option<String>,
+    /// The port of its machine API, which serves the pods' logs and exec sessions
+    /// (published as the kubelet's endpoint).
+    pub machine_api_port: Option<u16>,
     /// What it offers.
     pub capacity: Capacity,
     /// Versions and identifiers.
@@ -89,6 +93,7 @@ impl NodeFacts {
             control_plane,
             addresses,
             pod_cidr,
+            machine_api_port: None,
             capacity: Capacity {
                 cpus,
                 memory_bytes: memory_total(&read("/proc/meminfo")).unwrap_or(0),
@@ -211,6 +216,11 @@ impl NodeFacts {
                 ),
             ]),
             addresses: Some(addresses),
+            daemon_endpoints: self.machine_api_port.map(|port| NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(port),
+                }),
+            }),
             node_info: Some(NodeSystemInfo {
                 architecture: ARCH.to_owned(),
                 boot_id: self.system.boot_id.clone(),
@@ -253,6 +263,7 @@ mod tests {
             control_plane,
             addresses: vec!["10.5.0.2".into()],
             pod_cidr: Some("10.244.1.0/24".into()),
+            machine_api_port: Some(50000),
             capacity: Capacity {
                 cpus: 2,
                 memory_bytes: 2048 * 1024 * 1024,

@@ -35,6 +35,7 @@ pub mod error;
 pub mod kinds;
 pub mod managed;
 pub mod meta;
+pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
@@ -84,6 +85,8 @@ pub struct ApiServerConfig {
     pub serving_key: String,
     /// Secrets encryption keys, `(name, base64 of 32 bytes)`, the encrypting one first.
     pub encryption_keys: Vec<(String, String)>,
+    /// How pods' logs and exec sessions reach their nodes (none: they are refused).
+    pub nodes: Option<nodes::NodeAccess>,
 }
 
 /// Why the server cannot start.
@@ -142,6 +145,7 @@ impl ApiServer {
             crds_changed: Arc::new(Notify::new()),
             namespaces_changed: Arc::new(Notify::new()),
             crd_fingerprint: std::sync::Mutex::new(Vec::new()),
+            nodes: config.nodes,
         });
         let listener = server::bind(config.listen)
             .await

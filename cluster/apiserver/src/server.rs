@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub namespaces_changed: Arc<Notify>,
     /// The CRDs (name and revision) the custom resource types were last built from.
     pub crd_fingerprint: std::sync::Mutex<Vec<String>>,
+    /// How pods' logs and exec sessions reach their nodes (absent: they are refused).
+    pub nodes: Option<crate::nodes::NodeAccess>,
 }
 
 impl ApiState {
@@ -241,7 +244,14 @@ fn authorize(state: &ApiState, user: &User, attributes: &Attributes) -> Result<(
 }
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let upgrade = if is_websocket(&parts.headers) {
+        WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+    } else {
+        None
+    };
     let peer = parts
         .extensions
         .get::<PeerIdentity>()
@@ -257,7 +267,8 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
             Err(err) => return err.into_response(),
         };
         let started = std::time::Instant::now();
-        let response = match dispatch(&state, &user, &method, &path, &query, &parts.headers, body, watch).await {
+        let incoming = Incoming { method: &method, path: &path, query: &query, raw_query: parts.uri.query().unwrap_or_default(), headers: &parts.headers, body, upgrade };
+        let response = match dispatch(&state, &user, incoming, watch).await {
             Ok(response) => response,
             Err(err) => err.into_response(),
         };
@@ -273,17 +284,40 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request) -> Respons
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Whether a request asks to become a WebSocket.
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// One request as dispatch takes it.
+struct Incoming<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a Query,
+    raw_query: &'a str,
+    headers: &'a HeaderMap,
+    body: Body,
+    upgrade: Option<WebSocketUpgrade>,
+}
+
 async fn dispatch(
     state: &ApiState,
     user: &User,
-    method: &Method,
-    path: &str,
-    query: &Query,
-    headers: &HeaderMap,
-    body: Body,
+    incoming: Incoming<'_>,
     watch: bool,
 ) -> Result<Response, ApiError> {
+    let Incoming {
+        method,
+        path,
+        query,
+        raw_query,
+        headers,
+        body,
+        upgrade,
+    } = incoming;
     let target = request::parse(method, path, watch);
     let verb = method.as_str().to_lowercase();
     let path_attributes = Attributes::Path {
@@ -312,8 +346,18 @@ async fn dispatch(
             {
                 return Err(ApiError::NoSuchPath);
             }
+            let node_served = resource.builtin == Some(Kind::Pod)
+                && matches!(
+                    resource_request.subresource.as_deref(),
+                    Some("log" | "exec")
+                );
+            // A WebSocket exec is a GET, authorized as kube-apiserver does: `create`.
+            let verb = match resource_request.subresource.as_deref() {
+                Some("exec") if node_served => "create",
+                _ => resource_request.verb,
+            };
             let attributes = Attributes::Resource {
-                verb: resource_request.verb.to_owned(),
+                verb: verb.to_owned(),
                 group: resource.group.clone(),
                 resource: resource.plural.clone(),
                 subresource: resource_request.subresource.clone(),
@@ -325,6 +369,26 @@ async fn dispatch(
                 name: resource_request.name.clone(),
             };
             authorize(state, user, &attributes)?;
+            if node_served {
+                let namespace = resource_request.namespace.as_deref().unwrap_or_default();
+                let name = resource_request.name.as_deref().unwrap_or_default();
+                return match (resource_request.subresource.as_deref(), method) {
+                    (Some("log"), &Method::GET) => {
+                        crate::nodes::logs(state, namespace, name, query).await
+                    }
+                    (Some("exec"), &Method::GET | &Method::POST) => {
+                        let offered = offered_protocols(headers);
+                        crate::nodes::exec(
+                            state, namespace, name, query, raw_query, upgrade, &offered,
+                        )
+                        .await
+                    }
+                    _ => Err(ApiError::MethodNotAllowed(format!(
+                        "{method} is not supported on pods/{}",
+                        resource_request.subresource.as_deref().unwrap_or_default()
+                    ))),
+                };
+            }
             let content_type = headers
                 .get(axum::http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
@@ -424,6 +488,18 @@ async fn dispatch(
             fixed(state, other, aggregated)
         }
     }
+}
+
+/// The WebSocket subprotocols a request offers, in its order.
+fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn fixed(state: &ApiState, target: Target, aggregated: bool) -> Result<Response, ApiError> {

@@ -97,6 +97,7 @@ impl TestServer {
                     "key1".into(),
                     base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
                 )],
+                nodes: None,
             },
             Arc::clone(&store),
         )

@@ -18,8 +18,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::{info, warn};
 
-use crate::services::apiserver::{APISERVER_PORT, ApiServerHandle};
+use crate::services::apiserver::APISERVER_PORT;
 use crate::services::kube_client;
+use crate::services::listen::ListenAddress;
 use crate::services::runtime::{RuntimeHandle, STATIC_PREFIX};
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
@@ -146,23 +147,28 @@ pub struct AgentService {
     settings: AgentServiceSettings,
     runtime: RuntimeHandle,
     pod_network: Option<PodNetworkSlot>,
-    api: Option<ApiServerHandle>,
+    api: Option<ListenAddress>,
+    machine_api: ListenAddress,
 }
 
 impl AgentService {
     /// An agent with `settings` for the pods of `runtime`; `pod_network` is the node's
-    /// pod network, if it has one; `api` is this node's API server on a control plane.
+    /// pod network, if it has one; `api` is this node's API server on a control plane;
+    /// `machine_api` is where this node's machine API listens (its port goes on the
+    /// Node, for the API server's log and exec relay).
     pub fn new(
         settings: AgentServiceSettings,
         runtime: RuntimeHandle,
         pod_network: Option<PodNetworkSlot>,
-        api: Option<ApiServerHandle>,
+        api: Option<ListenAddress>,
+        machine_api: ListenAddress,
     ) -> Self {
         Self {
             settings,
             runtime,
             pod_network,
             api,
+            machine_api,
         }
     }
 }
@@ -177,8 +183,12 @@ impl Service for AgentService {
         let runtime = self.runtime.clone();
         let pod_network = self.pod_network.clone();
         let api = self.api.clone();
+        let machine_api = self.machine_api.clone();
         async move {
             let Some(runtime) = wait_for(&ctx, || runtime.get()).await else {
+                return Ok(());
+            };
+            let Some(machine_api) = wait_for(&ctx, || machine_api.addr()).await else {
                 return Ok(());
             };
             let pod_cidr = match &pod_network {
@@ -238,7 +248,7 @@ impl Service for AgentService {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            let facts = NodeFacts::detect(
+            let mut facts = NodeFacts::detect(
                 &settings.node_name,
                 settings.control_plane,
                 settings.addresses.clone(),
@@ -246,6 +256,7 @@ impl Service for AgentService {
                 &kubelet_version,
                 &format!("Cairn {}", env!("CARGO_PKG_VERSION")),
             );
+            facts.machine_api_port = Some(machine_api.port());
             info!(node = %settings.node_name, pod_cidr = ?facts.pod_cidr, "node agent starts");
             cairn_agent::run(
                 client,

@@ -2,19 +2,23 @@
 //! port 6443 over this node's replica of the store (writes go through the leader,
 //! watches read the local replica), with a serving certificate the node issues itself
 //! from the cluster CA, and encrypts Secrets with `cluster.secretsEncryption` (or a
-//! key derived from the CA key when the config names none).
+//! key derived from the CA key when the config names none). Pods' logs and exec
+//! sessions are relayed to their nodes' machine APIs with an `os:admin` certificate it
+//! issues itself; this node's own is dialled where it listens.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::MachineConfig;
-use cairn_api::pki::Ca;
+use cairn_api::pki::{Ca, Role};
+use cairn_apiserver::nodes::NodeAccess;
 use cairn_apiserver::{ApiServer, ApiServerConfig};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::info;
 
+use crate::services::listen::ListenAddress;
 use crate::services::store::StoreHandle;
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
@@ -138,55 +142,29 @@ fn derived_key(ca_key_pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(out)
 }
 
-/// Where this node's API server can be dialled while it serves (the scheduler and the
-/// controllers on this node are its clients).
-#[derive(Clone, Default)]
-pub struct ApiServerHandle {
-    addr: Arc<RwLock<Option<SocketAddr>>>,
-}
-
-impl ApiServerHandle {
-    /// The address to dial, if the API server serves: its listening address, with
-    /// loopback for an unspecified one.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.addr.read().ok().and_then(|a| *a)
-    }
-
-    fn set(&self, addr: Option<SocketAddr>) {
-        if let Ok(mut slot) = self.addr.write() {
-            *slot = addr.map(dialable);
-        }
-    }
-}
-
-/// `addr` with loopback in place of an unspecified IP.
-fn dialable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-        }
-        _ => addr,
-    }
-}
-
 /// The API server service.
 pub struct ApiServerService {
     settings: ApiServerSettings,
     store: StoreHandle,
-    handle: ApiServerHandle,
+    handle: ListenAddress,
+    node: (String, ListenAddress),
 }
 
 impl ApiServerService {
     /// A service serving the API with `settings` over the store in `store`, publishing
-    /// its address in `handle`.
-    pub fn new(settings: ApiServerSettings, store: StoreHandle, handle: ApiServerHandle) -> Self {
+    /// its address in `handle`; `node` is this node's name and where its machine API
+    /// listens.
+    pub fn new(
+        settings: ApiServerSettings,
+        store: StoreHandle,
+        handle: ListenAddress,
+        node: (String, ListenAddress),
+    ) -> Self {
         Self {
             settings,
             store,
             handle,
+            node,
         }
     }
 }
@@ -200,6 +178,7 @@ impl Service for ApiServerService {
         let settings = self.settings.clone();
         let store = self.store.clone();
         let handle = self.handle.clone();
+        let (node_name, machine_api) = self.node.clone();
         async move {
             // The store service starts first; wait for its node.
             let node = loop {
@@ -222,6 +201,20 @@ impl Service for ApiServerService {
                 .map_err(|e| {
                     ServiceError::Fatal(format!("cannot issue the API server's certificate: {e}"))
                 })?;
+            let relay = ca
+                .issue_client("kube-apiserver", Role::Admin, ::time::Duration::days(365))
+                .map_err(|e| {
+                    ServiceError::Fatal(format!(
+                        "cannot issue the API server's machine API certificate: {e}"
+                    ))
+                })?;
+            let nodes = NodeAccess {
+                ca_cert: settings.ca_cert.clone(),
+                client_cert: relay.cert_pem,
+                client_key: relay.key_pem,
+                local_node: node_name,
+                local_address: Arc::new(move || machine_api.addr()),
+            };
             let server = ApiServer::start(
                 ApiServerConfig {
                     listen: settings.listen,
@@ -230,6 +223,7 @@ impl Service for ApiServerService {
                     serving_cert: serving.cert_pem,
                     serving_key: serving.key_pem,
                     encryption_keys: settings.encryption_keys.clone(),
+                    nodes: Some(nodes),
                 },
                 node,
             )
@@ -249,16 +243,6 @@ impl Service for ApiServerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_unspecified_listening_address_is_dialled_on_loopback() {
-        let any: SocketAddr = "0.0.0.0:6443".parse().unwrap();
-        assert_eq!(dialable(any), "127.0.0.1:6443".parse().unwrap());
-        let any6: SocketAddr = "[::]:6443".parse().unwrap();
-        assert_eq!(dialable(any6), "[::1]:6443".parse().unwrap());
-        let own: SocketAddr = "10.5.0.2:6443".parse().unwrap();
-        assert_eq!(dialable(own), own);
-    }
 
     #[test]
     fn endpoint_hosts_are_found() {

@@ -19,8 +19,9 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::services::apiserver::{ApiServerHandle, ApiServerSetupError};
+use crate::services::apiserver::ApiServerSetupError;
 use crate::services::kube_client;
+use crate::services::listen::ListenAddress;
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
 /// The scheduler's leader-election Lease, in `kube-system`, as kube-scheduler names it.
@@ -69,13 +70,13 @@ pub struct LeaderElectedService {
     user: &'static str,
     lease: &'static str,
     settings: ControlPlaneSettings,
-    api: ApiServerHandle,
+    api: ListenAddress,
     work: Work,
 }
 
 impl LeaderElectedService {
     /// The `scheduler` service: `cairn-scheduler` as `system:kube-scheduler`.
-    pub fn scheduler(settings: ControlPlaneSettings, api: ApiServerHandle) -> Self {
+    pub fn scheduler(settings: ControlPlaneSettings, api: ListenAddress) -> Self {
         Self {
             name: "scheduler",
             user: SCHEDULER_USER,
@@ -94,7 +95,7 @@ impl LeaderElectedService {
 
     /// The `controllers` service: `cairn-controllers` as
     /// `system:kube-controller-manager`.
-    pub fn controllers(settings: ControlPlaneSettings, api: ApiServerHandle) -> Self {
+    pub fn controllers(settings: ControlPlaneSettings, api: ListenAddress) -> Self {
         Self {
             name: "controllers",
             user: CONTROLLER_MANAGER_USER,

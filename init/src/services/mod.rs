@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod kube_client;
 pub mod leader_elected;
 pub mod link_monitor;
+pub mod listen;
 pub mod network;
 pub mod podnet;
 pub mod runtime;

@@ -1,5 +1,6 @@
-//! A machine API client: HTTPS with the context's client certificate, the cluster CA
-//! pinned, and errors that say what to do.
+//! A machine API client: HTTPS with a client certificate of the cluster CA (a
+//! cairnctl context's, or one the API server issues itself to reach the nodes), the
+//! cluster CA pinned, and errors that say what to do.
 //!
 //! Server certificates must chain to the cluster CA and be valid now; their names are
 //! not matched (see `cairn_api::tls`).
@@ -179,6 +180,19 @@ impl NodeClient {
     /// A client authenticating with the context's certificate.
     pub fn new(target: &str, context: &Context) -> Result<Self, ClientError> {
         let tls = cairn_api::tls::client_config(&context.ca, &context.crt, &context.key)
+            .map_err(|e| ClientError::Credentials(e.to_string()))?;
+        Ok(Self::with_tls(target, tls))
+    }
+
+    /// A client authenticating with `cert_pem` and `key_pem`, trusting nodes whose
+    /// certificates chain to `ca_pem`.
+    pub fn with_identity(
+        target: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, ClientError> {
+        let tls = cairn_api::tls::client_config(ca_pem, cert_pem, key_pem)
             .map_err(|e| ClientError::Credentials(e.to_string()))?;
         Ok(Self::with_tls(target, tls))
     }
@@ -440,6 +454,14 @@ impl NodeClient {
         )
         .await;
         Ok((socket, protocol))
+    }
+
+    /// `GET` a byte stream: the answer's body as it arrives (a log that follows).
+    pub async fn get_body(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        let response = self
+            .send(self.request(Method::GET, path, Vec::new())?)
+            .await?;
+        Ok(response.into_body())
     }
 
     /// `GET` a line stream, calling `line` for each line until the stream ends.
