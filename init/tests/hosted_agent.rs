@@ -262,6 +262,9 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         assert_eq!((code, out.as_str()), (0, "serving\n"), "{err}");
         let (code, out, err) = kubectl(&["logs", "once", "--tail=1"], "");
         assert_eq!((code, out.as_str()), (0, "done\n"), "{err}");
+        // Following a container that has exited ends with its log.
+        let (code, out, err) = kubectl(&["logs", "-f", "once"], "");
+        assert!(code == 0 && out.ends_with("done\n"), "{code} {out:?} {err}");
         let (code, _, err) = kubectl(&["logs", "web", "-c", "nope"], "");
         assert_ne!(code, 0);
         assert!(
@@ -314,8 +317,9 @@ fn kubectl(kubeconfig: &Path, args: &[&str], input: &str) -> (i32, String, Strin
         })
         .expect("the test venv with kubectl (cargo xtask test makes it under the target dir)");
     let mut child = std::process::Command::new(venv.join("bin/kubectl"))
-        .args(args)
+        // Global flags first: everything after `--` is the command's.
         .args(["--request-timeout", "30s"])
+        .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("HOME", kubeconfig.parent().unwrap())
         .stdin(std::process::Stdio::piped())
