@@ -871,17 +871,23 @@ async fn stateful_sets_and_cron_jobs(kubeconfig: &Path) {
             .ok_or(jobs)
     })
     .await;
-    let last = kubectl_ok(
-        kubeconfig,
-        &[
-            "get",
-            "cronjob",
-            "tick",
-            "-o",
-            "jsonpath={.status.lastSuccessfulTime}",
-        ],
-    );
-    assert!(!last.is_empty(), "no lastSuccessfulTime after {done}");
+    // The CronJob's status follows on its next pass after the Job's completion.
+    eventually("the CronJob's lastSuccessfulTime", BOOT, || async {
+        let last = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "cronjob",
+                "tick",
+                "-o",
+                "jsonpath={.status.lastSuccessfulTime}",
+            ],
+        )?;
+        (!last.is_empty())
+            .then_some(())
+            .ok_or(format!("no lastSuccessfulTime after {done}"))
+    })
+    .await;
     // The Job's pod's log, from whichever node ran it.
     let job = done.split_whitespace().next().unwrap();
     let log = kubectl_ok(kubeconfig, &["logs", &format!("job/{job}")]);
