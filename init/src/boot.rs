@@ -792,6 +792,10 @@ async fn start_services(
             root: state_dir.join("runtime"),
             node_name: node_name.clone(),
             ephemeral: settled.state_dir.is_none(),
+            cgroup_parent: match ctx.host {
+                Host::Pid1 { .. } => "/cairn".to_owned(),
+                Host::Hosted => format!("/cairn-node-{}", std::process::id()),
+            },
             pod_network: pod_network.clone(),
         },
         config_manager,

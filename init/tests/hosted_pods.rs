@@ -204,8 +204,12 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
     let mut node = HostedNode::start(file.path(), &[]);
     let address = node.api_address(T);
     // The runtime and the machine API start in no fixed order.
-    let line = node.seen_or_wait_for(r"container runtime ready root=", T);
+    let line = node.seen_or_wait_for(r"container runtime ready cgroups=", T);
     let root = line.rsplit("root=").next().unwrap().trim().to_owned();
+    // A hosted node's pods go under a cgroup of its own, not the machine's `/cairn`.
+    let cgroups = line.split("cgroups=").nth(1).unwrap();
+    let cgroups = cgroups.split_whitespace().next().unwrap().to_owned();
+    assert_ne!(cgroups, "/cairn");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -250,7 +254,7 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
             "second run, hi there\n"
         );
         let limits = CgroupLayout::detect()
-            .limits(&format!("/cairn/pod{}/main-1", running.uid))
+            .limits(&format!("{cgroups}/pod{}/main-1", running.uid))
             .unwrap();
         assert_eq!(limits.memory_bytes, Some(48 << 20));
         assert_eq!(limits.cpu_quota_micros, Some(50_000));
@@ -305,14 +309,14 @@ fn a_static_pod_runs_restarts_and_stops_on_a_hosted_node() {
     assert_eq!(processes_naming(&root), Vec::<i32>::new(), "stray shims");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(&root), "stray mounts under {root}");
-    let pod_cgroup = CgroupLayout::detect().dir("memory", &format!("/cairn/pod{uid}"));
+    let pod_cgroup = CgroupLayout::detect().dir("memory", &format!("{cgroups}/pod{uid}"));
     assert!(
         !pod_cgroup.exists(),
         "stray cgroup {}",
         pod_cgroup.display()
     );
     // An ephemeral node takes its pods' parent cgroup with it too.
-    let parent = CgroupLayout::detect().dir("memory", "/cairn");
+    let parent = CgroupLayout::detect().dir("memory", &cgroups);
     assert!(!parent.exists(), "stray cgroup {}", parent.display());
     let _ = std::fs::remove_dir_all(Path::new(&root).parent().unwrap());
 }

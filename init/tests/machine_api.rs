@@ -382,6 +382,19 @@ fn a_restarted_service_shows_in_its_status_and_followed_logs() {
     let address = node.api_address(T);
     runtime().block_on(async {
         let operator = NodeClient::new(&address, &context(&secrets, Role::Operator)).unwrap();
+        // The machine API listens before the supervisor has started every service.
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let services: Vec<ServiceInfo> = operator.get(paths::SERVICES).await.unwrap();
+            if services.iter().any(|s| s.name == "link-monitor") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "link-monitor never started: {services:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let follower = operator.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let following = tokio::spawn(async move {
@@ -391,7 +404,11 @@ fn a_restarted_service_shows_in_its_status_and_followed_logs() {
                 })
                 .await
         });
-        let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+        let first = match tokio::time::timeout(T, rx.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the log stream ended: {:?}", following.await),
+            Err(_) => panic!("no log line of link-monitor within {T:?}"),
+        };
         assert!(first.contains("watching link changes"), "{first}");
         let ack: Ack = operator
             .post("/v1/services/link-monitor/restart", &serde_json::json!({}))

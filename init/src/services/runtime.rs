@@ -94,6 +94,9 @@ pub struct RuntimeSettings {
     /// The state does not outlive this run (no state disk): pods are removed, not just
     /// stopped, when the node stops, so nothing is left mounted.
     pub ephemeral: bool,
+    /// The cgroup under which the pods' cgroups go: `/cairn` on a machine, a name of
+    /// its own for a node hosted beside others on one machine.
+    pub cgroup_parent: String,
     /// Where the node's pod network appears (`None`: the node has none yet, and pods
     /// get loopback only).
     pub pod_network: Option<cairn_net::pod_network::PodNetworkSlot>,
@@ -265,12 +268,17 @@ impl Service for RuntimeService {
             );
             config.spawner = Arc::new(ReaperSpawner(ctx.reaper.clone()));
             config.pod_network = settings.pod_network.clone();
+            config.cgroup_parent = settings.cgroup_parent.clone();
             let runtime = Arc::new(
                 Runtime::open(config)
                     .map_err(|e| ServiceError::failed("cannot open the container runtime", e))?,
             );
             handle.set(Some(Arc::clone(&runtime)));
-            info!(root = %settings.root.display(), "container runtime ready");
+            info!(
+                cgroups = %settings.cgroup_parent,
+                root = %settings.root.display(),
+                "container runtime ready"
+            );
             let mut removing = BTreeMap::new();
             loop {
                 let config = config_manager.current().await;
