@@ -43,12 +43,12 @@ use crate::modules::{self, ModuleReport};
 use crate::mounts::{self, MountError};
 use crate::phase::{NodeState, PhaseFailure, Phases, millis};
 use crate::power::{self, PowerRequest};
-use crate::services::agent::{AgentService, AgentServiceSettings};
+use crate::services::agent::{AgentPodNetwork, AgentService, AgentServiceSettings};
 use crate::services::apiserver::{ApiServerService, ApiServerSettings};
 use crate::services::leader_elected::{ControlPlaneSettings, LeaderElectedService};
 use crate::services::listen::ListenAddress;
 use crate::services::network::{NetworkHandle, NetworkService};
-use crate::services::podnet::{PodNetService, PodNetSettings};
+use crate::services::podnet::{NodeIpam, PodNetService, PodNetSettings};
 use crate::services::runtime::{RuntimeService, RuntimeSettings};
 use crate::services::store::{StoreService, StoreSettings};
 use crate::services::{self, UnknownTestService};
@@ -771,11 +771,18 @@ async fn start_services(
         settled.config.machine.machine_type == cairn_api::machine_config::MachineType::Controlplane;
     // The pod network needs the cluster store to claim a CIDR, which control planes
     // run; a hosted node keeps its bridge out of the host's namespace by having none.
-    let pod_network = match (
-        &ctx.host,
-        control_plane,
-        pod_net_settings(&settled.config, &node_name, &state_dir),
-    ) {
+    // A worker's comes up once the control planes' node IPAM has given its Node a pod
+    // CIDR (the agent starts it, with its API client).
+    let pod_net = pod_net_settings(&settled.config, &node_name, &state_dir);
+    let node_ipam = pod_net
+        .as_ref()
+        .filter(|_| matches!(ctx.host, Host::Pid1 { .. }))
+        .map(|settings| NodeIpam {
+            store: ctx.store.clone(),
+            cluster_cidr: settings.cluster_cidr,
+        });
+    let mut worker_pod_network = None;
+    let pod_network = match (&ctx.host, control_plane, pod_net) {
         (Host::Pid1 { .. }, true, Some(settings)) => {
             let slot = cairn_net::pod_network::PodNetworkSlot::default();
             ctx.supervisor.start(Arc::new(PodNetService::new(
@@ -783,6 +790,11 @@ async fn start_services(
                 ctx.store.clone(),
                 slot.clone(),
             )))?;
+            Some(slot)
+        }
+        (Host::Pid1 { .. }, false, Some(settings)) => {
+            let slot = cairn_net::pod_network::PodNetworkSlot::default();
+            worker_pod_network = Some((settings, slot.clone()));
             Some(slot)
         }
         _ => None,
@@ -826,6 +838,7 @@ async fn start_services(
             .start(Arc::new(LeaderElectedService::controllers(
                 control_plane.clone(),
                 api_handle.clone(),
+                node_ipam,
             )))?;
         ctx.supervisor
             .start(Arc::new(LeaderElectedService::scheduler(
@@ -838,7 +851,10 @@ async fn start_services(
         Ok(Some(settings)) => ctx.supervisor.start(Arc::new(AgentService::new(
             settings,
             ctx.runtime.clone(),
-            pod_network,
+            match worker_pod_network {
+                Some(worker) => AgentPodNetwork::Worker(worker.0, worker.1),
+                None => pod_network.map_or(AgentPodNetwork::None, AgentPodNetwork::Claimed),
+            },
             local_api,
             ctx.machine_api.clone(),
         )))?,

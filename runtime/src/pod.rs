@@ -614,7 +614,8 @@ fn setup_once(
     } else if let (Some(slot), Some(netns)) = (&node.pod_network, &namespaces.net) {
         let network = slot.get().ok_or_else(|| {
             "network is not ready: the node's pod network has not started yet (a control \
-             plane needs the cluster store, see `cairnctl bootstrap`)"
+             plane claims its pod CIDR through the cluster store, see `cairnctl bootstrap`; \
+             a worker waits for the control planes to set its Node's spec.podCIDR)"
                 .to_owned()
         })?;
         // Attaching again (after a restart of the runtime) keeps the address.

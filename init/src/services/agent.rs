@@ -16,11 +16,12 @@ use cairn_api::pki::Ca;
 use cairn_net::pod_network::PodNetworkSlot;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::services::apiserver::APISERVER_PORT;
 use crate::services::kube_client;
 use crate::services::listen::ListenAddress;
+use crate::services::podnet::{self, PodNetSettings};
 use crate::services::runtime::{RuntimeHandle, STATIC_PREFIX};
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
@@ -142,11 +143,24 @@ impl AgentServiceSettings {
     }
 }
 
+/// The pod network the agent works with.
+#[derive(Clone)]
+pub enum AgentPodNetwork {
+    /// None: pods get no network namespace of their own (a hosted node).
+    None,
+    /// A control plane's, claimed through the store by the `podnet` service: the agent
+    /// waits (a while) for it, to register the Node with its pod CIDR.
+    Claimed(PodNetworkSlot),
+    /// A worker's, which the agent starts itself once the node IPAM has given the Node
+    /// a pod CIDR.
+    Worker(PodNetSettings, PodNetworkSlot),
+}
+
 /// The agent service.
 pub struct AgentService {
     settings: AgentServiceSettings,
     runtime: RuntimeHandle,
-    pod_network: Option<PodNetworkSlot>,
+    pod_network: AgentPodNetwork,
     api: Option<ListenAddress>,
     machine_api: ListenAddress,
 }
@@ -159,7 +173,7 @@ impl AgentService {
     pub fn new(
         settings: AgentServiceSettings,
         runtime: RuntimeHandle,
-        pod_network: Option<PodNetworkSlot>,
+        pod_network: AgentPodNetwork,
         api: Option<ListenAddress>,
         machine_api: ListenAddress,
     ) -> Self {
@@ -192,8 +206,8 @@ impl Service for AgentService {
                 return Ok(());
             };
             let pod_cidr = match &pod_network {
-                None => None,
-                Some(slot) => {
+                AgentPodNetwork::None | AgentPodNetwork::Worker(..) => None,
+                AgentPodNetwork::Claimed(slot) => {
                     let network =
                         tokio::time::timeout(POD_NETWORK_WAIT, wait_for(&ctx, || slot.get())).await;
                     match network {
@@ -258,14 +272,25 @@ impl Service for AgentService {
             );
             facts.machine_api_port = Some(machine_api.port());
             info!(node = %settings.node_name, pod_cidr = ?facts.pod_cidr, "node agent starts");
-            cairn_agent::run(
-                client,
+            // A worker's pod network runs beside the agent, with its client, and
+            // ends with it.
+            let worker_network = async {
+                if let AgentPodNetwork::Worker(settings, slot) = pod_network {
+                    podnet::run_on_worker(client.clone(), settings, slot, ctx.shutdown.clone())
+                        .instrument(info_span!("podnet"))
+                        .await
+                } else {
+                    Ok(())
+                }
+            };
+            let agent = cairn_agent::run(
+                client.clone(),
                 Arc::clone(&runtime),
                 AgentSettings::new(facts, STATIC_PREFIX),
                 ctx.shutdown.clone(),
-            )
-            .await;
-            Ok(())
+            );
+            let ((), network) = futures::join!(agent, worker_network);
+            network
         }
         .boxed()
     }

@@ -3,7 +3,8 @@
 //! kube-scheduler's and kube-controller-manager's are), and only the holder does the
 //! work, against its own node's API server, as its own user with a client certificate
 //! it issues itself from the cluster CA. Another control plane takes over when the
-//! holder dies (`cairn-leader`).
+//! holder dies (`cairn-leader`). The controllers' holder also runs the node IPAM,
+//! which gives workers their pod CIDRs ([`podnet::allocate_node_cidrs`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tracing::info;
 use crate::services::apiserver::ApiServerSetupError;
 use crate::services::kube_client;
 use crate::services::listen::ListenAddress;
+use crate::services::podnet::{self, NodeIpam};
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
 /// The scheduler's leader-election Lease, in `kube-system`, as kube-scheduler names it.
@@ -94,20 +96,37 @@ impl LeaderElectedService {
     }
 
     /// The `controllers` service: `cairn-controllers` as
-    /// `system:kube-controller-manager`.
-    pub fn controllers(settings: ControlPlaneSettings, api: ListenAddress) -> Self {
+    /// `system:kube-controller-manager`, with the node IPAM when the cluster has a
+    /// pod network.
+    pub fn controllers(
+        settings: ControlPlaneSettings,
+        api: ListenAddress,
+        node_ipam: Option<NodeIpam>,
+    ) -> Self {
         Self {
             name: "controllers",
             user: CONTROLLER_MANAGER_USER,
             lease: CONTROLLERS_LEASE,
             settings,
             api,
-            work: Arc::new(|client, instance, term| {
+            work: Arc::new(move |client, instance, term| {
                 let options = ControllerOptions {
                     instance,
                     ..ControllerOptions::default()
                 };
-                cairn_controllers::run(client, options, term).boxed()
+                let ipam = node_ipam
+                    .clone()
+                    .map(|ipam| podnet::allocate_node_cidrs(client.clone(), ipam, term.clone()));
+                let controllers = cairn_controllers::run(client, options, term);
+                async move {
+                    match ipam {
+                        Some(ipam) => {
+                            futures::join!(controllers, ipam);
+                        }
+                        None => controllers.await,
+                    }
+                }
+                .boxed()
             }),
         }
     }

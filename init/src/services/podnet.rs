@@ -1,9 +1,17 @@
-//! `podnet`: the node's pod network (`cairn-net`'s [`PodNetwork`]) on a control plane.
+//! `podnet`: the node's pod network (`cairn-net`'s [`PodNetwork`]).
+//!
+//! On a control plane, the `podnet` service:
 //! Through the replicated store it claims a pod CIDR out of `cluster.podSubnet` (kept
 //! across restarts: the claim is the node's), registers the address other nodes reach
 //! it by, starts the bridge, IPAM and masquerade, and publishes the network for the
 //! runtime. Then, every second, it makes the routes to the other nodes' pod CIDRs
 //! match the registrations (host-gateway), which also repairs a route removed by hand.
+//!
+//! Workers have no store: the controllers' leader runs the node IPAM
+//! ([`allocate_node_cidrs`]), which claims a CIDR for each Node that has none, the
+//! same way, and sets it as the Node's `spec.podCIDR`; the worker's agent then starts
+//! the network with it ([`run_on_worker`]) and routes the other Nodes' CIDRs through
+//! their InternalIPs.
 //!
 //! Store keys: `/cairn/podnet/nodes/<node>` holds a [`NodeRegistration`] (JSON);
 //! `/cairn/podnet/cidrs/<cidr>` names the node that claimed a CIDR, so two nodes can
@@ -22,7 +30,11 @@ use cairn_store::types::{
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::services::store::StoreHandle;
@@ -287,22 +299,7 @@ impl Service for PodNetService {
             let pod_cidr = claim(&node, &settings)
                 .await
                 .map_err(|e| ServiceError::failed("cannot claim a pod CIDR", e))?;
-            let ipam_state = settings.state_dir.join(format!(
-                "ipam-{}-{}.json",
-                pod_cidr.network(),
-                pod_cidr.prefix_len()
-            ));
-            let network = Arc::new(
-                PodNetwork::start(PodNetworkConfig {
-                    bridge: cairn_net::pod_network::DEFAULT_BRIDGE.into(),
-                    pod_cidr,
-                    cluster_cidr: settings.cluster_cidr,
-                    mtu: None,
-                    ipam_state,
-                })
-                .await
-                .map_err(|e| ServiceError::failed("cannot start the pod network", e))?,
-            );
+            let network = start_network(&settings, pod_cidr).await?;
             slot.set(Some(Arc::clone(&network)));
             info!(%pod_cidr, address = %settings.address, "pod network ready");
             loop {
@@ -322,6 +319,215 @@ impl Service for PodNetService {
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// Starts the bridge, IPAM and masquerade of `pod_cidr`, the IPAM state kept per CIDR.
+async fn start_network(
+    settings: &PodNetSettings,
+    pod_cidr: Ipv4Net,
+) -> Result<Arc<PodNetwork>, ServiceError> {
+    let ipam_state = settings.state_dir.join(format!(
+        "ipam-{}-{}.json",
+        pod_cidr.network(),
+        pod_cidr.prefix_len()
+    ));
+    let network = PodNetwork::start(PodNetworkConfig {
+        bridge: cairn_net::pod_network::DEFAULT_BRIDGE.into(),
+        pod_cidr,
+        cluster_cidr: settings.cluster_cidr,
+        mtu: None,
+        ipam_state,
+    })
+    .await
+    .map_err(|e| ServiceError::failed("cannot start the pod network", e))?;
+    Ok(Arc::new(network))
+}
+
+/// What the node IPAM (on the controllers' leader) needs: the store the claims are
+/// made in, and `cluster.podSubnet`.
+#[derive(Clone)]
+pub struct NodeIpam {
+    /// This control plane's store.
+    pub store: StoreHandle,
+    /// `cluster.podSubnet`.
+    pub cluster_cidr: Ipv4Net,
+}
+
+/// A Node's InternalIP, if it has one.
+fn internal_ip(node: &Node) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .parse()
+        .ok()
+}
+
+/// A Node's pod CIDR (`spec.podCIDR`), if it has a valid one.
+fn node_pod_cidr(node: &Node) -> Option<Ipv4Net> {
+    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
+}
+
+/// The node IPAM, as kube-controller-manager's `--allocate-node-cidrs`: until `term`
+/// fires, every Node with an InternalIP and no `spec.podCIDR` (a worker: a control
+/// plane claims its own) gets one, claimed in the store exactly as control planes
+/// claim theirs, so no two nodes ever share one and a node keeps its CIDR; the claim
+/// also registers the node's address, so control planes route its pods to it.
+pub async fn allocate_node_cidrs(client: kube::Client, ipam: NodeIpam, term: CancellationToken) {
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        if let Some(store) = ipam.store.get()
+            && let Err(err) = allocate_once(&nodes, &store, ipam.cluster_cidr).await
+        {
+            warn!(error = %err, "node pod CIDRs not allocated; retrying");
+        }
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+    }
+}
+
+/// Why a pass of the node IPAM failed.
+#[derive(Debug, thiserror::Error)]
+enum AllocateError {
+    /// Nodes could not be listed or patched.
+    #[error("the Kubernetes API: {0}")]
+    Api(#[source] kube::Error),
+    /// The claim failed.
+    #[error("claiming a pod CIDR for node {node}: {source}")]
+    Claim {
+        /// The node.
+        node: String,
+        /// Why.
+        #[source]
+        source: ClaimError,
+    },
+}
+
+async fn allocate_once(
+    nodes: &Api<Node>,
+    store: &StoreNode,
+    cluster_cidr: Ipv4Net,
+) -> Result<(), AllocateError> {
+    let listed = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(AllocateError::Api)?;
+    let mut first_failure = None;
+    for node in listed {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if node_pod_cidr(&node).is_some() {
+            continue;
+        }
+        let Some(address) = internal_ip(&node) else {
+            continue;
+        };
+        // One node's failure (a full podSubnet, say) must not hold back the others.
+        if let Err(err) = allocate_one(nodes, store, cluster_cidr, &name, address).await {
+            warn!(node = %name, error = %err, "pod CIDR not allocated");
+            first_failure.get_or_insert(err);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// Claims a pod CIDR for the Node `name` reached at `address` and sets it in its spec.
+async fn allocate_one(
+    nodes: &Api<Node>,
+    store: &StoreNode,
+    cluster_cidr: Ipv4Net,
+    name: &str,
+    address: IpAddr,
+) -> Result<(), AllocateError> {
+    let settings = PodNetSettings {
+        node_name: name.to_owned(),
+        address,
+        cluster_cidr,
+        state_dir: PathBuf::new(),
+    };
+    let cidr = claim(store, &settings)
+        .await
+        .map_err(|source| AllocateError::Claim {
+            node: name.to_owned(),
+            source,
+        })?;
+    let patch =
+        serde_json::json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(AllocateError::Api)?;
+    info!(node = %name, %cidr, "pod CIDR allocated");
+    Ok(())
+}
+
+/// A worker's pod network: it has no store, so it waits for the node IPAM to set its
+/// Node's `spec.podCIDR`, starts the network with it, publishes it in `slot`, and then
+/// every second routes the other Nodes' pod CIDRs through their InternalIPs.
+pub async fn run_on_worker(
+    client: kube::Client,
+    settings: PodNetSettings,
+    slot: PodNetworkSlot,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let nodes: Api<Node> = Api::all(client);
+    let mut said = false;
+    let pod_cidr = loop {
+        match nodes.get_opt(&settings.node_name).await {
+            Ok(Some(node)) => {
+                if let Some(cidr) = node_pod_cidr(&node) {
+                    break cidr;
+                }
+            }
+            Ok(None) => {}
+            Err(err) => warn!(error = %err, "reading this node's pod CIDR failed; retrying"),
+        }
+        if !said {
+            info!("waiting for the control planes to allocate this node's pod CIDR");
+            said = true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(STORE_RETRY) => {}
+        }
+    };
+    if !settings.cluster_cidr.contains(&pod_cidr) {
+        return Err(ServiceError::Fatal(format!(
+            "this Node's spec.podCIDR {pod_cidr} is not inside cluster.podSubnet {}",
+            settings.cluster_cidr
+        )));
+    }
+    let network = start_network(&settings, pod_cidr).await?;
+    slot.set(Some(Arc::clone(&network)));
+    info!(%pod_cidr, "pod network ready");
+    loop {
+        match nodes.list(&ListParams::default()).await {
+            Ok(listed) => {
+                let peers: Vec<PeerRoute> = listed
+                    .iter()
+                    .filter(|n| n.metadata.name.as_deref() != Some(&settings.node_name))
+                    .filter_map(|n| {
+                        Some(PeerRoute {
+                            pod_cidr: node_pod_cidr(n)?,
+                            via: internal_ip(n)?,
+                        })
+                    })
+                    .collect();
+                if let Err(err) = network.set_peer_routes(&peers).await {
+                    warn!(error = %err, "routes to other nodes' pods not reconciled");
+                }
+            }
+            Err(err) => warn!(error = %err, "other nodes' pod CIDRs unknown"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
     }
 }
 
