@@ -47,6 +47,37 @@ pub fn node(
     config
 }
 
+/// A worker's config, `hostname` with `address` (a CIDR) on eth0 and the management
+/// NIC on DHCP, joining the cluster whose control planes are at `control_planes`.
+pub fn worker(
+    secrets: &Secrets,
+    hostname: &str,
+    address: &str,
+    control_planes: &[&str],
+) -> MachineConfig {
+    let spec = NodeSpec {
+        machine_type: MachineType::Worker,
+        hostname: hostname.to_owned(),
+        addresses: vec![address.to_owned()],
+        endpoint: format!(
+            "https://{}:6443",
+            control_planes.first().copied().unwrap_or("10.5.0.2")
+        ),
+        control_planes: control_planes.iter().map(|a| (*a).to_owned()).collect(),
+        install_disk: None,
+    };
+    let mut config = match secrets.machine_config(&spec) {
+        Ok(config) => config,
+        Err(err) => panic!("cannot make a test worker config: {err}"),
+    };
+    config.machine.network.interfaces.push(InterfaceConfig {
+        name: Some("eth1".into()),
+        dhcp: true,
+        ..Default::default()
+    });
+    config
+}
+
 /// Control-plane configs for VMs at `addresses` (`cp-1`, `cp-2`, … with the address
 /// on eth0 and the management NIC on DHCP), each naming all of them as the cluster's
 /// control planes.

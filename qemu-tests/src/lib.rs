@@ -657,6 +657,12 @@ impl Vm {
         self.qmp("system_powerdown", None)
     }
 
+    /// Cuts the power: QEMU quits at once (QMP `quit`), the guest gets no say, as when
+    /// a machine loses power or its network for good.
+    pub fn pull_the_plug(&self) -> Result<(), HarnessError> {
+        self.qmp("quit", None)
+    }
+
     /// Sends Ctrl-Alt-Del on the keyboard (QMP `send-key`).
     pub fn send_ctrl_alt_del(&self) -> Result<(), HarnessError> {
         self.qmp(
