@@ -9,6 +9,7 @@
 
 mod api;
 mod boot;
+mod cluster;
 mod net;
 mod runtime;
 mod scheduler;
@@ -41,6 +42,21 @@ enum Which {
         /// Runs per runtime.
         #[arg(long, default_value_t = 30)]
         runs: usize,
+    },
+    /// Pod startup latency and a worker's power-cut failover on a local cluster of one
+    /// control plane and two workers under QEMU.
+    Cluster {
+        /// Pods to start.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Pods created per second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Measure pod startup on this running cluster (its kubeconfig) instead of
+        /// making one; the failover part, which cuts a worker's power, is skipped. The
+        /// busybox test image must be imported on its nodes.
+        #[arg(long)]
+        kubeconfig: Option<std::path::PathBuf>,
     },
     /// Pod network attach + detach against the CNI bridge + host-local plugins.
     Net {
@@ -89,6 +105,15 @@ fn main() -> anyhow::Result<()> {
         Which::Store { seconds } => store::run(seconds),
         Which::Runtime { runs } => runtime::run(runs),
         Which::Net { runs } => net::run(runs),
+        Which::Cluster {
+            pods,
+            rate,
+            kubeconfig,
+        } => cluster::run(cluster::ClusterLoad {
+            pods,
+            rate,
+            existing: kubeconfig,
+        }),
         Which::Scheduler {
             nodes,
             pods,

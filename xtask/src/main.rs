@@ -3,10 +3,11 @@
 //! - `image`: build the static `cairn` and the boot artefacts;
 //! - `demo`: build the image and boot a local cluster under QEMU (the main job);
 //! - `test`: install what is missing, then fmt, clippy and every test tier;
-//! - `bench boot|store|runtime|net|api|scheduler`: boot timings, the store against
+//! - `bench boot|store|runtime|net|api|scheduler|cluster`: boot timings, the store against
 //!   etcd, the runtime against runc, the pod network against CNI, each with same-run
 //!   anchors, the Kubernetes API server against its SLO and goals, and scheduling
-//!   decisions against kube-scheduler's published throughput;
+//!   decisions against kube-scheduler's published throughput, pod startup and a
+//!   worker's failover on a local cluster against the Kubernetes SLO and defaults;
 //! - `store-faults`: the store's fault test with a longer schedule;
 //! - `test-images`: OCI test images built without a network (busybox).
 
