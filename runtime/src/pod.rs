@@ -98,6 +98,9 @@ pub struct NodeContext {
     /// Where the node's pod network appears, which gives pods (not `hostNetwork`
     /// ones) an interface and an address; `None`: pods have loopback only.
     pub pod_network: Option<PodNetworkSlot>,
+    /// Bumped whenever any pod's state changes, so a watcher (the node agent) can
+    /// report without polling.
+    pub changes: Arc<watch::Sender<u64>>,
 }
 
 /// A pod as the runtime keeps it on disk (`pod.json`): no secrets.
@@ -189,6 +192,38 @@ pub struct Pod {
     state: Mutex<State>,
     stop: watch::Sender<Option<Duration>>,
     finished: watch::Sender<bool>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+/// The pod's state, locked; a change through it (a mutable borrow) bumps the node's
+/// change counter when the lock is let go.
+struct StateGuard<'a> {
+    state: MutexGuard<'a, State>,
+    changes: &'a watch::Sender<u64>,
+    changed: bool,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.changed = true;
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if self.changed {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
 }
 
 fn time(text: &str) -> Option<Time> {
@@ -267,8 +302,8 @@ impl RunEnd {
 }
 
 impl Pod {
-    /// A pod about to be run from `record` in `dir`.
-    pub fn new(record: PodRecord, dir: PathBuf) -> Arc<Self> {
+    /// A pod about to be run from `record` in `dir`; its state changes bump `changes`.
+    pub fn new(record: PodRecord, dir: PathBuf, changes: Arc<watch::Sender<u64>>) -> Arc<Self> {
         let mut containers = BTreeMap::new();
         for container in all_containers(&record.spec) {
             containers.insert(
@@ -296,11 +331,16 @@ impl Pod {
             }),
             stop: watch::channel(None).0,
             finished: watch::channel(false).0,
+            changes,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> StateGuard<'_> {
+        StateGuard {
+            state: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            changes: &self.changes,
+            changed: false,
+        }
     }
 
     fn update(&self, name: &str, change: impl FnOnce(&mut Tracked)) {
@@ -571,6 +611,7 @@ async fn setup(
     sources: Option<PodSources>,
 ) -> Result<PodSetup, String> {
     let mut stop = pod.stop.subscribe();
+    let began = Instant::now();
     loop {
         let attempt = {
             let pod = Arc::clone(pod);
@@ -582,7 +623,14 @@ async fn setup(
                 .map_err(|err| format!("pod setup task: {err}"))?
         };
         match attempt {
-            Ok(setup) => return Ok(setup),
+            Ok(setup) => {
+                tracing::info!(
+                    pod_ip = %setup.pod_ip,
+                    elapsed_ms = millis(began.elapsed()),
+                    "pod sandbox ready"
+                );
+                return Ok(setup);
+            }
             Err(message) => {
                 pod.lock().message = Some(message.clone());
                 for tracked in pod.lock().containers.values_mut() {
@@ -967,6 +1015,11 @@ async fn supervise(
 }
 
 /// `10s`, `1m20s`, `5m0s`, as Go prints durations in kubelet messages.
+/// A duration in whole milliseconds, for log fields.
+fn millis(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn humanize(delay: Duration) -> String {
     let seconds = delay.as_secs();
     if seconds >= 60 {
@@ -1116,6 +1169,7 @@ async fn start(
     let dir = pod.container_dir(&name).join(attempt.to_string());
     let id = container_id(&pod.record.identity, &name, attempt);
     let log_dir = pod.log_dir(node).join(&name);
+    let preparing = Instant::now();
     let prepared = {
         let node = Arc::clone(node);
         let pod = Arc::clone(pod);
@@ -1138,6 +1192,8 @@ async fn start(
             return Err((reason, message));
         }
     };
+    let prepare_ms = millis(preparing.elapsed());
+    let starting = Instant::now();
     let started = tokio::time::timeout(
         SHIM_START_TIMEOUT,
         instance.start(&node.shim, node.spawner.as_ref()),
@@ -1154,7 +1210,16 @@ async fn start(
         ));
     };
     match started {
-        Ok(ShimStatus::Running { .. } | ShimStatus::Exited { .. }) => Ok(instance),
+        Ok(ShimStatus::Running { .. } | ShimStatus::Exited { .. }) => {
+            tracing::info!(
+                container = %name,
+                attempt,
+                prepare_ms,
+                start_ms = millis(starting.elapsed()),
+                "container started"
+            );
+            Ok(instance)
+        }
         Ok(ShimStatus::Failed { message }) => {
             let _ = instance.remove().await;
             Err(("RunContainerError".into(), message))

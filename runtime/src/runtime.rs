@@ -206,6 +206,7 @@ impl Runtime {
             no_pivot: crate::rootfs::host_root_is_ramfs(),
             puller: crate::pull::Puller::with_settings(config.registries.clone()),
             pod_network: config.pod_network.clone(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
         });
         let runtime = Self {
             node,
@@ -236,7 +237,7 @@ impl Runtime {
                     continue;
                 }
             };
-            let pod = Pod::new(record, dir.clone());
+            let pod = Pod::new(record, dir.clone(), Arc::clone(&self.node.changes));
             if dir.join(STOPPED).exists() {
                 pod.request_stop(Some(Duration::ZERO));
             }
@@ -328,7 +329,10 @@ impl Runtime {
             annotations: request.annotations,
         };
         crate::shim::write_json_atomically(&dir.join("pod.json"), &record)?;
-        self.spawn(Pod::new(record, dir), Some(request.sources));
+        self.spawn(
+            Pod::new(record, dir, Arc::clone(&self.node.changes)),
+            Some(request.sources),
+        );
         Ok(())
     }
 
@@ -428,6 +432,12 @@ impl Runtime {
     /// The pod's status, if it is here.
     pub fn pod_status(&self, uid: &str) -> Option<PodRuntimeStatus> {
         self.pods().get(uid).map(|entry| entry.pod.status())
+    }
+
+    /// Changes whenever a pod's state does (a container started or ended, its
+    /// readiness flipped, the pod finished): a reporter waits on it instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.node.changes.subscribe()
     }
 
     /// The pods on the node.
