@@ -157,6 +157,7 @@ impl Secrets {
                         .map(|key| SecretsEncryptionSpec { keys: vec![key] }),
                     MachineType::Worker => None,
                 },
+                node_lifecycle: None,
             }),
         })
     }

@@ -381,6 +381,48 @@ pub struct ClusterSpec {
     /// How the API server encrypts Secrets in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_encryption: Option<SecretsEncryptionSpec>,
+    /// When the controllers call a silent node lost and move its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lifecycle: Option<NodeLifecycleSpec>,
+}
+
+/// The `cluster.nodeLifecycle` section: what kube-controller-manager's
+/// `--node-monitor-grace-period` and the `DefaultTolerationSeconds` of the not-ready and
+/// unreachable taints set in Kubernetes (40 s and 300 s there; an appliance's defaults
+/// here are 10 s and 10 s).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeLifecycleSpec {
+    /// Seconds without a heartbeat (the node's Lease) before its Node is NotReady
+    /// (Unknown); [`DEFAULT_NODE_GRACE_SECONDS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<u64>,
+    /// Seconds a pod without a toleration of its own stays on a not-ready or
+    /// unreachable node before it is evicted; [`DEFAULT_EVICTION_SECONDS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_seconds: Option<u64>,
+}
+
+/// Seconds without a heartbeat before a Node is NotReady, when
+/// `cluster.nodeLifecycle.gracePeriodSeconds` is absent.
+pub const DEFAULT_NODE_GRACE_SECONDS: u64 = 10;
+/// Seconds before the pods of a lost node are evicted, when
+/// `cluster.nodeLifecycle.evictionSeconds` is absent.
+pub const DEFAULT_EVICTION_SECONDS: u64 = 10;
+/// The longest either node lifecycle setting may be (a day).
+const MAX_NODE_LIFECYCLE_SECONDS: u64 = 86_400;
+
+impl NodeLifecycleSpec {
+    /// The grace period, defaulted.
+    pub fn grace_period_seconds(&self) -> u64 {
+        self.grace_period_seconds
+            .unwrap_or(DEFAULT_NODE_GRACE_SECONDS)
+    }
+
+    /// The eviction timeout, defaulted.
+    pub fn eviction_seconds(&self) -> u64 {
+        self.eviction_seconds.unwrap_or(DEFAULT_EVICTION_SECONDS)
+    }
 }
 
 /// The `cluster.secretsEncryption` section: AES-256-GCM keys for Secrets at rest. The
@@ -792,6 +834,20 @@ impl MachineConfig {
         }
         if let Some(encryption) = &cluster.secrets_encryption {
             check_encryption_keys(encryption, problems);
+        }
+        if let Some(lifecycle) = &cluster.node_lifecycle {
+            let settings = [
+                ("gracePeriodSeconds", lifecycle.grace_period_seconds),
+                ("evictionSeconds", lifecycle.eviction_seconds),
+            ];
+            for (field, value) in settings {
+                if value.is_some_and(|v| !(1..=MAX_NODE_LIFECYCLE_SECONDS).contains(&v)) {
+                    problems.push(FieldError::new(
+                        format!("cluster.nodeLifecycle.{field}"),
+                        format!("must be from 1 to {MAX_NODE_LIFECYCLE_SECONDS} seconds"),
+                    ));
+                }
+            }
         }
         if !is_token(&cluster.token) {
             problems.push(FieldError::new(
@@ -1864,6 +1920,28 @@ mod tests {
         let spec: StoreSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.compaction_window(), 500);
         assert_eq!(StoreSpec::default().compaction_interval_seconds(), 300);
+    }
+
+    #[test]
+    fn node_lifecycle_settings_out_of_range_are_refused_and_absent_ones_default() {
+        let mut config = valid();
+        config.cluster.as_mut().unwrap().node_lifecycle = Some(NodeLifecycleSpec {
+            grace_period_seconds: Some(0),
+            eviction_seconds: Some(MAX_NODE_LIFECYCLE_SECONDS + 1),
+        });
+        assert_eq!(
+            paths_of(&config),
+            [
+                "cluster.nodeLifecycle.gracePeriodSeconds",
+                "cluster.nodeLifecycle.evictionSeconds"
+            ]
+        );
+        let spec: NodeLifecycleSpec = serde_saphyr::from_str("gracePeriodSeconds: 4\n").unwrap();
+        assert_eq!(spec.grace_period_seconds(), 4);
+        assert_eq!(spec.eviction_seconds(), DEFAULT_EVICTION_SECONDS);
+        let mut config = valid();
+        config.cluster.as_mut().unwrap().node_lifecycle = Some(spec);
+        assert!(paths_of(&config).is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::MachineConfig;
+use cairn_api::machine_config::NodeLifecycleSpec;
 use cairn_api::pki::Ca;
 use cairn_apiserver::rbac::{CONTROLLER_MANAGER_USER, SCHEDULER_USER};
 use cairn_controllers::{CONTROLLERS_LEASE, ControllerOptions};
@@ -38,6 +39,8 @@ pub struct ControlPlaneSettings {
     pub ca_cert: String,
     /// The cluster CA key (PEM), to issue the service's client certificate.
     pub ca_key: String,
+    /// `cluster.nodeLifecycle`, defaulted.
+    pub node_lifecycle: NodeLifecycleSpec,
 }
 
 impl ControlPlaneSettings {
@@ -57,6 +60,11 @@ impl ControlPlaneSettings {
             node_name: node_name.to_owned(),
             ca_cert: config.machine.certs.ca.crt.clone(),
             ca_key,
+            node_lifecycle: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.node_lifecycle.clone())
+                .unwrap_or_default(),
         })
     }
 }
@@ -103,6 +111,7 @@ impl LeaderElectedService {
         api: ListenAddress,
         node_ipam: Option<NodeIpam>,
     ) -> Self {
+        let lifecycle = settings.node_lifecycle.clone();
         Self {
             name: "controllers",
             user: CONTROLLER_MANAGER_USER,
@@ -112,6 +121,8 @@ impl LeaderElectedService {
             work: Arc::new(move |client, instance, term| {
                 let options = ControllerOptions {
                     instance,
+                    node_grace: Duration::from_secs(lifecycle.grace_period_seconds()),
+                    eviction_timeout: Duration::from_secs(lifecycle.eviction_seconds()),
                     ..ControllerOptions::default()
                 };
                 let ipam = node_ipam
