@@ -233,6 +233,46 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         assert_eq!(main.restart_count, 0, "{main:?}");
         assert!(main.state.as_ref().unwrap().running.is_some(), "{main:?}");
         assert_eq!(condition(&running, "PodScheduled").as_deref(), Some("True"));
+        // What `kubectl describe pod web` lists: the scheduler's event, then the
+        // agent's, in the kubelet's words.
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(client.clone(), "default");
+        let reasons_of = |name: &'static str| {
+            let events = events.clone();
+            async move {
+                let listed = events.list(&Default::default()).await.ok()?;
+                Some(
+                    listed
+                        .items
+                        .into_iter()
+                        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+                        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        let told = until("web's kubelet events", || async {
+            let told = reasons_of("web").await?;
+            told.iter().any(|(r, _)| r == "Started").then_some(told)
+        })
+        .await;
+        for (reason, message) in [
+            (
+                "Scheduled",
+                format!("Successfully assigned default/web to {NODE}"),
+            ),
+            (
+                "Pulled",
+                format!("Container image \"{BUSYBOX_IMAGE}\" already present on machine"),
+            ),
+            ("Created", "Created container: main".to_owned()),
+            ("Started", "Started container main".to_owned()),
+        ] {
+            assert!(
+                told.iter().any(|(r, m)| *r == reason && *m == message),
+                "no {reason} event {message:?} in {told:?}"
+            );
+        }
 
         // A pod that ends: Succeeded, not restarted.
         pods.create(&PostParams::default(), &pod("once", "echo done", "Never"))
@@ -288,6 +328,13 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         assert!(deleting.metadata.deletion_timestamp.is_some());
         until("web to be gone from the API", || async {
             pods.get_opt("web").await.ok()?.is_none().then_some(())
+        })
+        .await;
+        until("web's Killing event", || async {
+            let told = reasons_of("web").await?;
+            told.iter()
+                .any(|(r, m)| r == "Killing" && m == "Stopping container main")
+                .then_some(())
         })
         .await;
         assert!(

@@ -5,12 +5,13 @@
 //! - renews the node's Lease in `kube-node-lease` as its heartbeat ([`heartbeat`]);
 //! - runs the pods bound to the node through the container runtime, reports their
 //!   status, and honours their deletion with its grace period ([`pods`],
-//!   [`status`]).
+//!   [`status`]), recording the kubelet's events on them ([`events`]).
 //!
 //! The agent owns the API side of a node's pods; the runtime ([`cairn_runtime`]) owns
 //! containers, images and volumes. Static pods of the machine config are the node's
 //! own and not touched here.
 
+pub mod events;
 pub mod heartbeat;
 pub mod node;
 pub mod pods;

@@ -29,11 +29,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::sources;
 use crate::status::{Placement, pod_status};
+use crate::{events, sources};
 
 /// How often the runtime's pods are compared with the API's even without a watch
-/// event (container state changes inside the runtime are seen this way).
+/// event or a change in the runtime (finished start and stop tasks, retries).
 const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// How long a pod whose start failed (its sources could not be read) waits before
 /// the next try.
@@ -94,6 +94,7 @@ pub async fn sync(
     };
     let mut tick = tokio::time::interval(SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut runtime_changes = state.runtime.changes();
     let mut synced = false;
     loop {
         tokio::select! {
@@ -104,6 +105,12 @@ pub async fn sync(
                 Some(Err(err)) => warn!(error = %err, "watching this node's pods"),
                 None => break,
             },
+            // A container started or ended: report it now, not at the next tick.
+            changed = runtime_changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
             _ = tick.tick() => {}
         }
         if synced {
@@ -134,6 +141,7 @@ impl PodSync {
         self.terminating.retain(|_, task| !task.is_finished());
         let pods = self.cache.state();
         let mut bound = HashSet::new();
+        let mut reports = Vec::new();
         for pod in &pods {
             let Some(uid) = pod.metadata.uid.clone() else {
                 continue;
@@ -142,9 +150,16 @@ impl PodSync {
             if pod.metadata.deletion_timestamp.is_some() {
                 self.terminate(&uid, Some(pod));
             } else if let Some(runtime_status) = self.runtime.pod_status(&uid) {
-                self.report(pod, &uid, &runtime_status).await;
+                reports.extend(self.report(pod, &uid, &runtime_status));
             } else if !finished(pod) {
                 self.start(pod, &uid);
+            }
+        }
+        // The status writes go out together: one slow write does not hold up the
+        // others' pods.
+        for (uid, written) in futures::future::join_all(reports).await {
+            if let Some(status) = written {
+                self.reported.insert(uid, status);
             }
         }
         self.reported.retain(|uid, _| bound.contains(uid));
@@ -187,13 +202,17 @@ impl PodSync {
         );
         let task = tokio::spawn(
             async move {
+                let gathering = Instant::now();
                 let sources = sources::gather(&client, &namespace, &pod)
                     .await
                     .map_err(|err| {
                         warn!(error = %err, "reading the pod's volumes' sources failed");
                         err.to_string()
                     })?;
-                info!("starting the pod");
+                info!(
+                    sources_ms = u64::try_from(gathering.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "starting the pod"
+                );
                 runtime
                     .ensure_pod(PodRequest {
                         identity: PodIdentity {
@@ -216,14 +235,14 @@ impl PodSync {
         self.starting.insert(uid.to_owned(), task);
     }
 
-    /// Writes `pod`'s status when what the runtime says differs from what was last
-    /// written.
-    async fn report(
-        &mut self,
+    /// The write of `pod`'s status, when what the runtime says differs from what was
+    /// last written; it resolves to the pod's uid and, once written, the status.
+    fn report(
+        &self,
         pod: &Pod,
         uid: &str,
         runtime_status: &cairn_runtime::pod::PodRuntimeStatus,
-    ) {
+    ) -> Option<impl std::future::Future<Output = (String, Option<PodStatus>)> + use<>> {
         let previous = self.reported.get(uid).or(pod.status.as_ref());
         let host_network = pod
             .spec
@@ -240,29 +259,48 @@ impl PodSync {
             Timestamp::now(),
         );
         if same_report(previous, &next) {
-            return;
+            return None;
         }
-        let (Some(name), namespace) = (
-            pod.metadata.name.as_deref(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        ) else {
-            return;
-        };
+        let name = pod.metadata.name.clone()?;
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        match pods
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(status_patch(uid, &next)),
-            )
-            .await
-        {
-            Ok(_) => {
-                debug!(pod = name, uid, phase = ?next.phase, "pod status written");
-                self.reported.insert(uid.to_owned(), next);
+        let phase_changed = previous.and_then(|p| p.phase.as_ref()) != next.phase.as_ref();
+        let events = events::transitions(previous, &next, &format!("{name}_{namespace}({uid})"));
+        let (client, node, namespace) = (
+            self.client.clone(),
+            self.settings.node.clone(),
+            namespace.to_owned(),
+        );
+        let uid = uid.to_owned();
+        Some(async move {
+            let patch = status_patch(&uid, &next);
+            match pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {
+                    if phase_changed {
+                        info!(pod = name, uid, phase = ?next.phase, "pod phase written");
+                    } else {
+                        debug!(pod = name, uid, phase = ?next.phase, "pod status written");
+                    }
+                    // Told once the status that shows them is written, so a failed
+                    // write (tried again next pass) does not tell them twice.
+                    if !events.is_empty() {
+                        let uid = uid.clone();
+                        tokio::spawn(async move {
+                            let pod = (namespace.as_str(), name.as_str(), uid.as_str());
+                            events::record(&client, &node, pod, events).await;
+                        });
+                    }
+                    (uid, Some(next))
+                }
+                Err(err) => {
+                    warn!(pod = name, uid, error = %err, "writing the pod's status failed");
+                    (uid, None)
+                }
             }
-            Err(err) => warn!(pod = name, uid, error = %err, "writing the pod's status failed"),
-        }
+        })
     }
 
     /// Stops and removes the pod `uid` in the background; `pod` is its API object,
@@ -290,6 +328,8 @@ impl PodSync {
             .as_ref()
             .map(|(ns, name)| format!("{ns}/{name}"))
             .unwrap_or_default();
+        let killing = pod.map(events::killing).unwrap_or_default();
+        let node = self.settings.node.clone();
         let span = info_span!("pod", pod = %label, %uid);
         let (client, runtime, uid_owned) = (
             self.client.clone(),
@@ -300,6 +340,13 @@ impl PodSync {
             async move {
                 if runtime.pod_status(&uid_owned).is_some() {
                     info!(grace_seconds = ?grace.map(|g| g.as_secs()), "stopping the pod");
+                    if let Some((namespace, name)) = api.clone() {
+                        let (client, uid) = (client.clone(), uid_owned.clone());
+                        tokio::spawn(async move {
+                            let pod = (namespace.as_str(), name.as_str(), uid.as_str());
+                            events::record(&client, &node, pod, killing).await;
+                        });
+                    }
                     if let Err(err) = runtime.stop_pod(&uid_owned, grace).await {
                         warn!(error = %err, "stopping the pod failed");
                     }

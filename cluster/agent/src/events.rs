@@ -1,0 +1,276 @@
+//! The events the kubelet records on a pod, as `kubectl describe pod` lists them
+//! (`Pulling`, `Pulled`, `Created`, `Started`, `BackOff`, `Failed`, `Killing`), derived
+//! from the change between two reported statuses. Pure, so the mapping is unit-tested;
+//! [`record`] sends them, best effort.
+
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodStatus};
+
+use cairn_events::{Involved, Reporter};
+
+/// The component name the kubelet's events carry.
+const COMPONENT: &str = "kubelet";
+
+/// One event about a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEvent {
+    /// `Normal` or `Warning`.
+    pub kind: &'static str,
+    /// The machine-readable reason (`Started`).
+    pub reason: &'static str,
+    /// What a user reads.
+    pub message: String,
+}
+
+impl PodEvent {
+    fn normal(reason: &'static str, message: String) -> Self {
+        Self {
+            kind: "Normal",
+            reason,
+            message,
+        }
+    }
+
+    fn warning(reason: &'static str, message: String) -> Self {
+        Self {
+            kind: "Warning",
+            reason,
+            message,
+        }
+    }
+}
+
+/// Waiting reasons the kubelet reports as a failed container start.
+const FAILED_REASONS: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// The events for the change from `previous` (the status last reported, if any) to
+/// `next`, for the pod `pod` (`namespace/name`, for messages).
+pub fn transitions(previous: Option<&PodStatus>, next: &PodStatus, pod: &str) -> Vec<PodEvent> {
+    let mut events = Vec::new();
+    let before = |name: &str| {
+        previous
+            .into_iter()
+            .flat_map(statuses)
+            .find(|c| c.name == name)
+    };
+    for container in statuses(next) {
+        let old = before(&container.name);
+        let name = &container.name;
+        let image = &container.image;
+        let waiting = |state: Option<&ContainerState>| {
+            state
+                .and_then(|s| s.waiting.as_ref())
+                .map(|w| (w.reason.clone(), w.message.clone()))
+        };
+        let was = waiting(old.and_then(|c| c.state.as_ref()));
+        let now = waiting(container.state.as_ref());
+        let pulling = |w: &Option<(Option<String>, Option<String>)>| {
+            w.as_ref()
+                .and_then(|(_, m)| m.as_deref())
+                .is_some_and(|m| m.starts_with("pulling image"))
+        };
+        if pulling(&now) && !pulling(&was) {
+            events.push(PodEvent::normal(
+                "Pulling",
+                format!("Pulling image {image:?}"),
+            ));
+        }
+        let new_instance = container.container_id.is_some()
+            && old.and_then(|c| c.container_id.as_ref()) != container.container_id.as_ref()
+            && container
+                .state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+        if new_instance {
+            let pulled = if pulling(&was) {
+                format!("Successfully pulled image {image:?}")
+            } else {
+                format!("Container image {image:?} already present on machine")
+            };
+            events.push(PodEvent::normal("Pulled", pulled));
+            events.push(PodEvent::normal(
+                "Created",
+                format!("Created container: {name}"),
+            ));
+            events.push(PodEvent::normal(
+                "Started",
+                format!("Started container {name}"),
+            ));
+        }
+        let reason_now = now.as_ref().and_then(|(r, _)| r.as_deref());
+        let reason_was = was.as_ref().and_then(|(r, _)| r.as_deref());
+        if reason_now == reason_was {
+            continue;
+        }
+        let detail = now
+            .as_ref()
+            .and_then(|(_, m)| m.clone())
+            .unwrap_or_default();
+        match reason_now {
+            Some("CrashLoopBackOff") => events.push(PodEvent::warning(
+                "BackOff",
+                format!("Back-off restarting failed container {name} in pod {pod}"),
+            )),
+            Some("ErrImageNeverPull") => {
+                events.push(PodEvent::warning("ErrImageNeverPull", detail));
+            }
+            Some(reason) if FAILED_REASONS.contains(&reason) => {
+                events.push(PodEvent::warning(
+                    "Failed",
+                    format!("Error: {reason}: {detail}"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
+/// The `Killing` events of a pod being stopped: one per container that runs.
+pub fn killing(pod: &Pod) -> Vec<PodEvent> {
+    pod.status
+        .iter()
+        .flat_map(statuses)
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .map(|c| PodEvent::normal("Killing", format!("Stopping container {}", c.name)))
+        .collect()
+}
+
+fn statuses(status: &PodStatus) -> impl Iterator<Item = &ContainerStatus> {
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+}
+
+/// Records `events` on the pod `namespace/name` (`uid`) as the kubelet of `node`.
+pub async fn record(
+    client: &kube::Client,
+    node: &str,
+    (namespace, name, uid): (&str, &str, &str),
+    events: Vec<PodEvent>,
+) {
+    let reporter = Reporter {
+        component: COMPONENT,
+        instance: node,
+    };
+    let involved = Involved {
+        api_version: "v1",
+        kind: "Pod",
+        namespace: Some(namespace),
+        name,
+        uid: Some(uid),
+    };
+    for event in events {
+        cairn_events::record(
+            client,
+            reporter,
+            involved,
+            event.kind,
+            event.reason,
+            &event.message,
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(containers: serde_json::Value) -> PodStatus {
+        serde_json::from_value(serde_json::json!({ "containerStatuses": containers })).unwrap()
+    }
+
+    fn reasons(events: &[PodEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn a_container_that_starts_is_pulled_created_and_started_once() {
+        let creating = status(serde_json::json!([{
+            "name": "main", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}
+        }]));
+        let running = status(serde_json::json!([{
+            "name": "main", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": "cairn://a-0",
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        }]));
+        let events = transitions(Some(&creating), &running, "default/web");
+        assert_eq!(reasons(&events), ["Pulled", "Created", "Started"]);
+        assert_eq!(
+            events[0].message,
+            "Container image \"busybox\" already present on machine"
+        );
+        assert_eq!(events[2].message, "Started container main");
+        assert!(transitions(Some(&running), &running, "default/web").is_empty());
+        // No previous report (a pod first seen running): its start is still told.
+        assert_eq!(
+            reasons(&transitions(None, &running, "default/web")).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_pull_is_told_before_and_after_and_a_crash_loop_warns_once() {
+        let pulling = status(serde_json::json!([{
+            "name": "main", "image": "r/app", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating", "message": "pulling image \"r/app\""}}
+        }]));
+        assert_eq!(
+            reasons(&transitions(None, &pulling, "default/app")),
+            ["Pulling"]
+        );
+        let started = status(serde_json::json!([{
+            "name": "main", "image": "r/app", "imageID": "", "ready": false, "restartCount": 0,
+            "containerID": "cairn://a-0",
+            "state": {"terminated": {"exitCode": 1}}
+        }]));
+        let events = transitions(Some(&pulling), &started, "default/app");
+        assert_eq!(events[0].message, "Successfully pulled image \"r/app\"");
+        let backoff = status(serde_json::json!([{
+            "name": "main", "image": "r/app", "imageID": "", "ready": false, "restartCount": 1,
+            "containerID": "cairn://a-0",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}
+        }]));
+        let events = transitions(Some(&started), &backoff, "default/app");
+        assert_eq!(reasons(&events), ["BackOff"]);
+        assert_eq!(events[0].kind, "Warning");
+        assert!(transitions(Some(&backoff), &backoff, "default/app").is_empty());
+    }
+
+    #[test]
+    fn a_missing_image_under_never_is_a_warning_with_the_runtimes_message() {
+        let never = status(serde_json::json!([{
+            "name": "main", "image": "nope", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image \"nope\" is not present"}}
+        }]));
+        let events = transitions(None, &never, "default/x");
+        assert_eq!(reasons(&events), ["ErrImageNeverPull"]);
+        assert_eq!(events[0].message, "image \"nope\" is not present");
+    }
+
+    #[test]
+    fn killing_names_each_running_container() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "status": {"containerStatuses": [
+                {"name": "a", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {}}},
+                {"name": "b", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0}}}
+            ]}
+        }))
+        .unwrap();
+        let events = killing(&pod);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].message, "Stopping container a");
+    }
+}
