@@ -27,7 +27,8 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use xtask::{build, deps};
+use xtask::build::{self, checked};
+use xtask::deps;
 
 use crate::stats::{median, percentile};
 
@@ -75,26 +76,7 @@ pub fn run(load: ClusterLoad) -> anyhow::Result<()> {
         return Ok(());
     }
     deps::ensure()?;
-    build::image(false)?;
-    build::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "cairnctl",
-        "--package",
-        "cairn-runtime",
-        "--bin",
-        "cairnctl",
-        "--bin",
-        "cairn-test-images",
-    ])?;
-    let release = build::target_dir().join("x86_64-unknown-linux-gnu/release");
-    let cairnctl = release.join("cairnctl");
-    let images = build::target_dir().join("cairn-bench-images");
-    checked(
-        Command::new(release.join("cairn-test-images")).arg(&images),
-        "cairn-test-images",
-    )?;
+    let build::ClusterTools { cairnctl, images } = build::cluster_tools("cairn-bench-images")?;
     let clusters = tempfile::tempdir().context("a directory for the cluster's state")?;
     let cluster = LocalCluster::create(&cairnctl, clusters.path())?;
     checked(
@@ -160,16 +142,6 @@ fn print_startup(startup: &[f64], load: &ClusterLoad) {
 
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
-}
-
-fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
 }
 
 /// The benchmark's cluster, destroyed on drop (also when the run fails).

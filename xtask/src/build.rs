@@ -153,6 +153,54 @@ pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+/// What drives a local cluster from the host (the demo, `bench cluster`): the release
+/// `cairnctl` and the OCI test images it imports.
+pub struct ClusterTools {
+    /// The release `cairnctl`.
+    pub cairnctl: PathBuf,
+    /// The OCI test images (an OCI layout per image).
+    pub images: PathBuf,
+}
+
+/// Builds the node image, the release `cairnctl` and the test image writer, and writes
+/// the test images to `<target>/<images>`.
+pub fn cluster_tools(images: &str) -> anyhow::Result<ClusterTools> {
+    image(false)?;
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "cairnctl",
+        "--package",
+        "cairn-runtime",
+        "--bin",
+        "cairnctl",
+        "--bin",
+        "cairn-test-images",
+    ])?;
+    let release = target_dir().join("x86_64-unknown-linux-gnu/release");
+    let images = target_dir().join(images);
+    checked(
+        Command::new(release.join("cairn-test-images")).arg(&images),
+        "cairn-test-images",
+    )?;
+    Ok(ClusterTools {
+        cairnctl: release.join("cairnctl"),
+        images,
+    })
+}
+
+/// Runs `command` (called `what` in errors) and fails unless it exits with 0.
+pub fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Builds the OCI test images (an OCI layout per image) under
 /// `<target>/cairn-test-images/` and returns that directory. The writer is a binary of
 /// the runtime's (it links libcontainer, which `cargo xtask` must not); it is built

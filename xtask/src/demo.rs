@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{build, deps};
+use crate::build::{self, checked};
+use crate::deps;
 
 /// The demo's workload: its web server as a Deployment of three and a Service.
 fn manifest(image: &str, port: u16) -> String {
@@ -62,29 +63,7 @@ pub fn run(name: &str, control_planes: u8, workers: u8) -> anyhow::Result<()> {
     deps::ensure()?;
     let venv = deps::ensure_python_clients()?;
     let kubectl = venv.join("bin/kubectl");
-    build::image(false)?;
-    build::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "cairnctl",
-        "--package",
-        "cairn-runtime",
-        "--bin",
-        "cairnctl",
-        "--bin",
-        "cairn-test-images",
-    ])?;
-    let release = build::target_dir().join("x86_64-unknown-linux-gnu/release");
-    let cairnctl = release.join("cairnctl");
-    let images = build::target_dir().join("cairn-demo-images");
-    let status = Command::new(release.join("cairn-test-images"))
-        .arg(&images)
-        .status()
-        .context("running cairn-test-images")?;
-    if !status.success() {
-        bail!("building the demo's web server image failed ({status})");
-    }
+    let build::ClusterTools { cairnctl, images } = build::cluster_tools("cairn-demo-images")?;
     let cluster_dir = home().join(".cairn/clusters").join(name);
     if cluster_dir.exists() {
         eprintln!("xtask: cluster {name:?} exists already; showing it");
@@ -254,16 +233,6 @@ impl Kubectl {
             std::thread::sleep(Duration::from_secs(2));
         }
     }
-}
-
-fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
 }
 
 fn home() -> PathBuf {
