@@ -30,7 +30,7 @@ use crate::rootfs::{LayerCache, OverlayRoot};
 use crate::sandbox::Sandbox;
 use crate::shim::{ShimConfig, ShimStatus};
 use crate::spec::{BindMount, SharedNamespaces};
-use crate::volumes::{self, PodSources, PreparedVolume};
+use crate::volumes::{self, PodSources, PreparedVolume, SourceRefresh};
 use cairn_api::error_chain;
 use cairn_net::pod_network::PodNetworkSlot;
 
@@ -585,15 +585,21 @@ fn pull_credentials(spec: &PodSpec, sources: Option<&PodSources>) -> BTreeMap<St
 }
 
 /// Runs the pod until it is stopped (or, without restarts, until it ends). `sources`
-/// is `None` when re-attaching after a runtime restart (volumes already prepared).
-pub async fn run(node: Arc<NodeContext>, pod: Arc<Pod>, sources: Option<PodSources>) {
+/// is `None` when re-attaching after a runtime restart (volumes already prepared);
+/// `refresh` reads them again before a failed setup is retried.
+pub async fn run(
+    node: Arc<NodeContext>,
+    pod: Arc<Pod>,
+    sources: Option<PodSources>,
+    refresh: Option<SourceRefresh>,
+) {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "pod",
         namespace = %pod.record.identity.namespace,
         name = %pod.record.identity.name
     );
-    let outcome = run_inner(&node, &pod, sources)
+    let outcome = run_inner(&node, &pod, sources, refresh)
         .instrument(span.clone())
         .await;
     if let Err(message) = outcome {
@@ -604,11 +610,12 @@ pub async fn run(node: Arc<NodeContext>, pod: Arc<Pod>, sources: Option<PodSourc
 }
 
 /// Sets the pod up, retrying while it cannot be (a missing config map, say) until
-/// stopped.
+/// stopped, with its sources read again through `refresh` before each retry.
 async fn setup(
     node: &Arc<NodeContext>,
     pod: &Arc<Pod>,
-    sources: Option<PodSources>,
+    mut sources: Option<PodSources>,
+    refresh: Option<SourceRefresh>,
 ) -> Result<PodSetup, String> {
     let mut stop = pod.stop.subscribe();
     let began = Instant::now();
@@ -641,6 +648,14 @@ async fn setup(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop_requested(&mut stop) => return Err("stopped before it was set up".into()),
+        }
+        if let (Some(SourceRefresh(reader)), Some(current)) = (&refresh, &mut sources) {
+            match reader.read().await {
+                Ok(fresh) => *current = fresh,
+                Err(message) => {
+                    tracing::warn!(%message, "reading the pod's sources again failed; retrying with the previous ones");
+                }
+            }
         }
     }
 }
@@ -711,8 +726,9 @@ async fn run_inner(
     node: &Arc<NodeContext>,
     pod: &Arc<Pod>,
     sources: Option<PodSources>,
+    refresh: Option<SourceRefresh>,
 ) -> Result<(), String> {
-    let setup = Arc::new(setup(node, pod, sources).await?);
+    let setup = Arc::new(setup(node, pod, sources, refresh).await?);
     pod.lock().message = None;
     let spec = &pod.record.spec;
     let policy = spec

@@ -25,7 +25,7 @@ use crate::pull::RegistrySettings;
 use crate::rootfs::{LayerCache, RootfsError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::shim::ShimError;
-use crate::volumes::{self, PodSources};
+use crate::volumes::{self, PodSources, SourceRefresh};
 
 /// How the runtime is set up on a node.
 #[derive(Debug, Clone)]
@@ -164,6 +164,9 @@ pub struct PodRequest {
     pub annotations: BTreeMap<String, String>,
     /// Config maps, secrets and token the volumes project.
     pub sources: PodSources,
+    /// Reads `sources` again when the pod's setup is retried (`None`: they never
+    /// change).
+    pub refresh: Option<SourceRefresh>,
 }
 
 /// The container runtime of a node.
@@ -242,14 +245,19 @@ impl Runtime {
                 pod.request_stop(Some(Duration::ZERO));
             }
             tracing::info!(pod = %pod.record.identity.name, "resuming a pod");
-            self.spawn(pod, None);
+            self.spawn(pod, None, None);
         }
         Ok(())
     }
 
-    fn spawn(&self, pod: Arc<Pod>, sources: Option<PodSources>) {
+    fn spawn(&self, pod: Arc<Pod>, sources: Option<PodSources>, refresh: Option<SourceRefresh>) {
         let uid = pod.record.identity.uid.clone();
-        let worker = tokio::spawn(pod::run(Arc::clone(&self.node), Arc::clone(&pod), sources));
+        let worker = tokio::spawn(pod::run(
+            Arc::clone(&self.node),
+            Arc::clone(&pod),
+            sources,
+            refresh,
+        ));
         self.pods().insert(uid, Entry { pod, worker });
     }
 
@@ -332,6 +340,7 @@ impl Runtime {
         self.spawn(
             Pod::new(record, dir, Arc::clone(&self.node.changes)),
             Some(request.sources),
+            request.refresh,
         );
         Ok(())
     }

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PodSpec, Secret, Volume,
@@ -29,6 +31,25 @@ pub struct PodSources {
     pub secrets: BTreeMap<String, Secret>,
     /// The pod's service-account token, for projected token sources.
     pub service_account_token: Option<String>,
+}
+
+/// Reads a pod's sources again before its setup is retried, so that a config map or
+/// secret created after the pod (or a token that has run out) is seen, as the
+/// kubelet's volume manager reads them again on every attempt.
+pub trait SourceReader: Send + Sync {
+    /// The pod's sources as the API has them now; the error says why they could not
+    /// be read (the previous sources are kept).
+    fn read(&self) -> Pin<Box<dyn Future<Output = Result<PodSources, String>> + Send + '_>>;
+}
+
+/// A shared [`SourceReader`], as a [`crate::runtime::PodRequest`] carries it.
+#[derive(Clone)]
+pub struct SourceRefresh(pub Arc<dyn SourceReader>);
+
+impl std::fmt::Debug for SourceRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceRefresh")
+    }
 }
 
 /// The names of the config maps `spec`'s volumes project (`configMap` volumes and

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::pod::{BackoffPolicy, Phase, PodRuntimeStatus};
 use cairn_runtime::runtime::{PodRequest, Runtime, RuntimeConfig};
 use cairn_runtime::test_images::write_busybox_layout;
-use cairn_runtime::volumes::PodSources;
+use cairn_runtime::volumes::{PodSources, SourceReader, SourceRefresh};
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, PodSpec};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -502,6 +503,75 @@ async fn probes_flip_readiness_and_a_failed_liveness_probe_restarts() {
         },
     )
     .await;
+    node.remove_all_and_check().await;
+}
+
+/// Hands out the `settings` config map, as the API has it once a user created it.
+struct CreatedLater {
+    reads: AtomicU32,
+}
+
+impl SourceReader for CreatedLater {
+    fn read(&self) -> Pin<Box<dyn Future<Output = Result<PodSources, String>> + Send + '_>> {
+        Box::pin(async move {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let config_map: ConfigMap = serde_json::from_str(
+                r#"{"metadata":{"name":"settings"},"data":{"greeting":"late"}}"#,
+            )
+            .unwrap();
+            Ok(PodSources {
+                config_maps: [("settings".to_owned(), config_map)].into(),
+                ..PodSources::default()
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root (namespaces, cgroups, mounts)"]
+async fn a_config_map_created_after_the_pod_is_read_again_before_the_retry() {
+    let node = Node::new();
+    let reader = Arc::new(CreatedLater {
+        reads: AtomicU32::new(0),
+    });
+    let spec: PodSpec = serde_json::from_str(&format!(
+        r#"{{"volumes":[{{"name":"conf","configMap":{{"name":"settings"}}}}],
+            "containers":[{{"name":"app","image":"{IMAGE}",
+              "command":["sh","-c","cat /etc/conf/greeting; echo; while true; do sleep 0.2; done"],
+              "volumeMounts":[{{"name":"conf","mountPath":"/etc/conf"}}]}}]}}"#
+    ))
+    .unwrap();
+    node.runtime()
+        .ensure_pod(PodRequest {
+            identity: PodIdentity {
+                namespace: "default".into(),
+                name: "late".into(),
+                uid: "uid-late".into(),
+            },
+            spec,
+            // The map did not exist when the agent first looked.
+            sources: PodSources::default(),
+            refresh: Some(SourceRefresh(reader.clone())),
+            ..PodRequest::default()
+        })
+        .unwrap();
+    let message = eventually(&node, "the setup to fail", Duration::from_secs(10), || {
+        node.status("uid-late").message
+    })
+    .await;
+    assert!(message.contains("settings"), "{message}");
+    eventually(&node, "the app to run", Duration::from_secs(30), || {
+        let status = node.status("uid-late");
+        (status.phase == Phase::Running && running(container(&status, "app"))).then_some(())
+    })
+    .await;
+    assert!(reader.reads.load(Ordering::SeqCst) >= 1);
+    let log = eventually(&node, "the app's output", Duration::from_secs(10), || {
+        let log = node.log("uid-late", "app", false);
+        log.contains('\n').then_some(log)
+    })
+    .await;
+    assert_eq!(log, "late\n");
     node.remove_all_and_check().await;
 }
 

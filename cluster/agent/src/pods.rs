@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use cairn_runtime::plan::PodIdentity;
 use cairn_runtime::runtime::{PodRequest, Runtime};
+use cairn_runtime::volumes::SourceRefresh;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
@@ -213,6 +214,13 @@ impl PodSync {
                     sources_ms = u64::try_from(gathering.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "starting the pod"
                 );
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+                let refresh = SourceRefresh(Arc::new(sources::Reread::new(
+                    client,
+                    namespace.clone(),
+                    pod,
+                )));
                 runtime
                     .ensure_pod(PodRequest {
                         identity: PodIdentity {
@@ -221,9 +229,10 @@ impl PodSync {
                             uid: uid_owned,
                         },
                         spec,
-                        labels: pod.metadata.labels.clone().unwrap_or_default(),
-                        annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+                        labels,
+                        annotations,
                         sources,
+                        refresh: Some(refresh),
                     })
                     .map_err(|err| {
                         warn!(error = %err, "the runtime refused the pod");

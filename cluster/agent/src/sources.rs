@@ -5,8 +5,9 @@
 //! volume says the object is optional.
 
 use std::collections::BTreeSet;
+use std::pin::Pin;
 
-use cairn_runtime::volumes::{self, PodSources};
+use cairn_runtime::volumes::{self, PodSources, SourceReader};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
@@ -60,6 +61,35 @@ pub async fn gather(
         sources.service_account_token = issued.status.and_then(|s| s.token);
     }
     Ok(sources)
+}
+
+/// Reads a pod's sources again from the API, for the runtime's retries of a setup
+/// that failed (a config map the pod names is created after it).
+pub struct Reread {
+    client: kube::Client,
+    namespace: String,
+    pod: Pod,
+}
+
+impl Reread {
+    /// A reader of `pod`'s (in `namespace`) sources through `client`.
+    pub fn new(client: kube::Client, namespace: String, pod: Pod) -> Self {
+        Self {
+            client,
+            namespace,
+            pod,
+        }
+    }
+}
+
+impl SourceReader for Reread {
+    fn read(&self) -> Pin<Box<dyn Future<Output = Result<PodSources, String>> + Send + '_>> {
+        Box::pin(async move {
+            gather(&self.client, &self.namespace, &self.pod)
+                .await
+                .map_err(|err| err.to_string())
+        })
+    }
 }
 
 /// The names of the secrets `spec`'s volumes project (`secret` volumes and

@@ -197,6 +197,8 @@ fn request(pod: &Pod, config_maps: &[ConfigMap]) -> Option<PodRequest> {
         spec,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+        // A changed config map makes another static pod (its uid hashes them).
+        refresh: None,
     })
 }
 
