@@ -5,7 +5,8 @@
 //! Ready; a pod that ends is reported Succeeded; a deleted pod stops within its grace
 //! period, leaves the node, and is then gone from the API. Real kubectl reads the
 //! pods' logs and runs commands in them (`kubectl logs`, `kubectl exec [-i]`), relayed
-//! by the API server to the node's machine API.
+//! by the API server to the node's machine API; a pod finds its ServiceAccount's
+//! token, the cluster CA and its namespace where Kubernetes mounts them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -319,6 +320,24 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         assert_eq!(code, 3, "{err}");
         let (code, _, err) = kubectl(&["exec", "web", "--", "/no/such/command"], "");
         assert_ne!(code, 0, "{err}");
+        // The pod's account credentials, mounted by the API server's admission from
+        // the token the agent requested and the controllers' kube-root-ca.crt.
+        let account = |file: &str| {
+            let path = format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}");
+            let (code, out, err) = kubectl(&["exec", "web", "--", "cat", &path], "");
+            assert_eq!(code, 0, "{file}: {err}");
+            out
+        };
+        assert_eq!(account("namespace"), "default");
+        assert_eq!(account("ca.crt"), secrets.ca.cert_pem());
+        let token = account("token");
+        let claims = token.split('.').nth(1).expect("a JWT");
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["sub"], "system:serviceaccount:default:default");
 
         // Deleting web: it is stopped (its TERM trap exits at once, well inside the
         // grace period), leaves the node, and then the API.

@@ -62,7 +62,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Install the Debian packages the build and the tests need.
+    /// Install the Debian packages the build and the tests need, and the venv with
+    /// kubectl and the Python client.
     Deps,
     /// Build the OCI test images (busybox from `busybox-static`) under the target dir.
     TestImages,
@@ -87,7 +88,11 @@ fn main() -> anyhow::Result<()> {
             qemu_filter,
         } => test::run(!no_install, qemu_filter.as_deref()),
         Task::Bench { args } => bench(&args),
-        Task::Deps => deps::ensure(),
+        Task::Deps => deps::ensure().and_then(|()| {
+            let venv = deps::ensure_python_clients()?;
+            println!("kubectl and the Python client in {}", venv.display());
+            Ok(())
+        }),
         Task::TestImages => build::test_images().map(|dir| {
             println!("test images in {}", dir.display());
         }),

@@ -20,7 +20,8 @@
 //!   decoding, defaults, checks and lifecycle.
 //! - [`patch`], [`managed`]: patches, field managers and server-side apply.
 //! - [`watch`], [`selectors`], [`tables`], [`storage`], [`encryption`]: the rest.
-//! - [`auth`], [`rbac`]: identities and permissions.
+//! - [`auth`], [`rbac`]: identities and permissions; [`service_accounts`]: a new
+//!   pod's account and its mounted credentials.
 //! - `testing` (feature `testing`): a store and a server in process, for tests.
 
 #![forbid(unsafe_code)]
@@ -45,6 +46,7 @@ pub mod request;
 pub mod rest;
 pub mod selectors;
 pub mod server;
+pub mod service_accounts;
 pub mod storage;
 pub mod tables;
 #[cfg(feature = "testing")]

@@ -546,7 +546,9 @@ pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
 /// What the controllers may do: follow and taint nodes and set their conditions,
 /// manage pods (create, delete, mark not ready), create ReplicaSets, Jobs and
-/// ControllerRevisions for the workloads they run and write the workloads' status, read node Leases, hold their own
+/// ControllerRevisions for the workloads they run and write the workloads' status,
+/// create each namespace's `default` ServiceAccount and `kube-root-ca.crt`
+/// ConfigMap, read node Leases, hold their own
 /// leader-election Lease, record events; and, as kube-controller-manager's garbage
 /// collector, read, patch and delete any object (owner references and finalizers).
 fn controller_manager_rules() -> Vec<Value> {
@@ -571,6 +573,8 @@ fn controller_manager_rules() -> Vec<Value> {
         ),
         rule(&["batch"], &["jobs"], &["create"]),
         rule(&[""], &["endpoints"], &["create", "update"]),
+        rule(&[""], &["serviceaccounts"], &["create"]),
+        rule(&[""], &["configmaps"], &["create", "update"]),
         rule(
             &["discovery.k8s.io"],
             &["endpointslices"],

@@ -27,6 +27,7 @@ use crate::registry::{Kind, ResourceType};
 use crate::request::{Query, Representation, ResourceRequest};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::ApiState;
+use crate::service_accounts;
 use crate::storage::{Stored, WriteError};
 use crate::tables::{self, IncludeObject};
 use crate::watch::{EventType, Source};
@@ -601,6 +602,9 @@ impl Call<'_> {
         let dry_run = self.query.dry_run()?;
         let (mut object, warnings) = kinds::admit(&self.resource, body, policy)?;
         self.place(&mut object)?;
+        if matches!(self.resource.builtin, Some(Kind::Pod)) {
+            self.admit_service_account(&mut object).await?;
+        }
         let manager = self.manager();
         let generate = meta::meta_str(&object, "generateName").map(str::to_owned);
         let named = !meta::name_of(&object).is_empty();
@@ -686,6 +690,33 @@ impl Call<'_> {
                 }
             }
         }
+    }
+
+    /// The ServiceAccount admission of a new pod (see [`service_accounts`]). A named
+    /// account must exist; `default` may still be on its way (the controllers make it
+    /// with the namespace), and the node agent's token request waits for it.
+    async fn admit_service_account(&self, pod: &mut Value) -> Result<(), ApiError> {
+        let account_name = service_accounts::account_name(pod);
+        let accounts = self.state.registry.builtin(Kind::ServiceAccount);
+        let account = self
+            .state
+            .storage
+            .get(&accounts, self.namespace(), &account_name, false)
+            .await?;
+        if account.is_none() && account_name != service_accounts::DEFAULT_ACCOUNT {
+            let name = meta::name_of(pod).to_owned();
+            return Err(ApiError::Forbidden {
+                message: format!(
+                    "pods {name:?} is forbidden: error looking up service account {}/{account_name}: serviceaccount {account_name:?} not found",
+                    self.namespace().unwrap_or("default")
+                ),
+                resource: "pods".into(),
+                group: String::new(),
+                name: Some(name),
+            });
+        }
+        service_accounts::admit(pod, account.as_ref().map(|a| &a.object));
+        Ok(())
     }
 
     /// Puts the object where the URL says: its namespace (or none), and checks that a
@@ -1719,7 +1750,14 @@ impl Call<'_> {
             });
         }
         let seconds = seconds.min(48 * 3600);
-        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + seconds;
+        let bound_to_pod = body.pointer("/spec/boundObjectRef/kind") == Some(&json!("Pod"));
+        let valid_for = if bound_to_pod && seconds == service_accounts::TOKEN_SECONDS {
+            service_accounts::EXTENDED_TOKEN_SECONDS
+        } else {
+            seconds
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expires = now + seconds;
         let audiences: Vec<String> = body
             .pointer("/spec/audiences")
             .and_then(Value::as_array)
@@ -1735,7 +1773,7 @@ impl Call<'_> {
             uid: meta::meta_str(&account.object, "uid")
                 .unwrap_or("")
                 .to_owned(),
-            expires,
+            expires: now + valid_for,
         };
         let token = tokens.issue(&claims, &audiences)?;
         let stamp = time::OffsetDateTime::from_unix_timestamp(expires)

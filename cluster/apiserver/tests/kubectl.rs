@@ -2,7 +2,7 @@
 //! user drives it: discovery and `explain`, tables and output formats, `apply`
 //! (client- and server-side), `diff`, `delete`, label/annotate/scale/patch/edit,
 //! watches, secrets and config maps (encrypted at rest), `auth can-i` for the default
-//! roles, ServiceAccount tokens, custom resources, and the errors a user hits.
+//! roles, ServiceAccount tokens and pods' mounted credentials, custom resources, and the errors a user hits.
 //!
 //! Needs the venv `cargo xtask test` makes (kubectl and the Python client).
 
@@ -702,6 +702,42 @@ async fn service_account_tokens_authenticate_until_the_account_is_gone() {
         }
     })
     .await;
+    // A new pod runs as `default` with its credentials mounted in each container; a
+    // pod naming an account that does not exist is refused.
+    c.ok(&["run", "plain", "--image=busybox:1.36"]).await;
+    let mounted = c
+        .ok(&[
+            "get",
+            "pod",
+            "plain",
+            "-o",
+            "jsonpath={.spec.serviceAccountName} {.spec.volumes[0].name} {.spec.containers[0].volumeMounts[0].mountPath}",
+        ])
+        .await;
+    let words: Vec<&str> = mounted.split(' ').collect();
+    assert_eq!(words[0], "default", "{mounted}");
+    assert!(words[1].starts_with("kube-api-access-"), "{mounted}");
+    assert_eq!(
+        words[2], "/var/run/secrets/kubernetes.io/serviceaccount",
+        "{mounted}"
+    );
+    let refused = c
+        .fails(
+            &[
+                "run",
+                "ghost",
+                "--image=busybox:1.36",
+                r#"--overrides={"spec":{"serviceAccountName":"ghost"}}"#,
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        refused.contains(
+            "error looking up service account default/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "{refused}"
+    );
     c.ok(&["delete", "serviceaccount", "robot"]).await;
     let gone = c.fails(&["get", "configmaps"], Some(&config)).await;
     assert!(gone.contains("Unauthorized"), "{gone}");

@@ -20,6 +20,8 @@
 //!   time zone and concurrency policy, and keeps a bounded history;
 //! - [`endpoints`]: each Service with a selector gets Endpoints and EndpointSlices
 //!   with the addresses and resolved ports of the pods it selects;
+//! - [`service_accounts`]: every namespace has a `default` ServiceAccount and the
+//!   `kube-root-ca.crt` ConfigMap with the cluster CA;
 //! - [`gc`]: objects whose owners are gone are deleted, and owners deleted in the
 //!   foreground or orphaning are finished once their dependents are handled.
 //!
@@ -38,6 +40,7 @@ pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;
+pub mod service_accounts;
 pub mod statefulset;
 
 use std::time::Duration;
@@ -48,7 +51,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -74,6 +79,9 @@ pub struct ControllerOptions {
     pub eviction_timeout: Duration,
     /// How often the controllers look again without a watch event.
     pub resync: Duration,
+    /// The cluster CA (PEM) published in every namespace as `kube-root-ca.crt`
+    /// (`None`: not published).
+    pub root_ca: Option<String>,
 }
 
 impl Default for ControllerOptions {
@@ -83,6 +91,7 @@ impl Default for ControllerOptions {
             node_grace: Duration::from_secs(10),
             eviction_timeout: Duration::from_secs(10),
             resync: Duration::from_millis(500),
+            root_ca: None,
         }
     }
 }
@@ -116,6 +125,12 @@ pub struct Caches {
     pub endpoints: Store<Endpoints>,
     /// Every EndpointSlice.
     pub endpoint_slices: Store<EndpointSlice>,
+    /// Every Namespace.
+    pub namespaces: Store<Namespace>,
+    /// Every ServiceAccount.
+    pub service_accounts: Store<ServiceAccount>,
+    /// The `kube-root-ca.crt` ConfigMaps (no other ConfigMap).
+    pub root_ca_maps: Store<ConfigMap>,
 }
 
 /// Runs every controller with `client` until `stop` fires.
@@ -133,6 +148,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
     let (services, services_writer) = reflector::store();
     let (endpoints, endpoints_writer) = reflector::store();
     let (endpoint_slices, slices_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
+    let (service_accounts, accounts_writer) = reflector::store();
+    let (root_ca_maps, root_ca_writer) = reflector::store();
     let caches = Caches {
         nodes,
         leases,
@@ -147,6 +165,9 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
         services,
         endpoints,
         endpoint_slices,
+        namespaces,
+        service_accounts,
+        root_ca_maps,
     };
     let (graph, graph_feeds) = gc::Graph::new(&client);
     let config = watcher::Config::default;
@@ -219,6 +240,27 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
             .reflect(slices_writer)
             .map(|e| e.map(|_| ()))
             .boxed(),
+        watcher::watcher(Api::<Namespace>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(namespaces_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), config())
+            .default_backoff()
+            .reflect(accounts_writer)
+            .map(|e| e.map(|_| ()))
+            .boxed(),
+        watcher::watcher(
+            Api::<ConfigMap>::all(client.clone()),
+            config().fields(&format!(
+                "metadata.name={}",
+                service_accounts::ROOT_CA_CONFIG_MAP
+            )),
+        )
+        .default_backoff()
+        .reflect(root_ca_writer)
+        .map(|e| e.map(|_| ()))
+        .boxed(),
     ];
     let watches = futures::stream::select_all(typed.into_iter().chain(graph_feeds));
     let drive = watches.for_each(|event| async move {
@@ -244,7 +286,10 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
                 && caches.cron_jobs.wait_until_ready().await.is_ok()
                 && caches.services.wait_until_ready().await.is_ok()
                 && caches.endpoints.wait_until_ready().await.is_ok()
-                && caches.endpoint_slices.wait_until_ready().await.is_ok();
+                && caches.endpoint_slices.wait_until_ready().await.is_ok()
+                && caches.namespaces.wait_until_ready().await.is_ok()
+                && caches.service_accounts.wait_until_ready().await.is_ok()
+                && caches.root_ca_maps.wait_until_ready().await.is_ok();
             if !typed_ready || !graph.wait_until_ready().await {
                 return;
             }
@@ -257,6 +302,7 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
                 statefulset::run(client.clone(), caches.clone(), options.clone()),
                 cronjob::run(client.clone(), caches.clone(), options.clone()),
                 endpoints::run(client.clone(), caches.clone(), options.clone()),
+                service_accounts::run(client.clone(), caches.clone(), options.clone()),
                 gc::run(client.clone(), graph.clone(), options.clone()),
             );
         } => {}

@@ -29,6 +29,7 @@ fn options() -> ControllerOptions {
         node_grace: Duration::from_secs(2),
         eviction_timeout: Duration::from_secs(1),
         resync: Duration::from_millis(100),
+        root_ca: None,
     }
 }
 

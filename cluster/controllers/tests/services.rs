@@ -1,6 +1,7 @@
-//! In-process tier: the Endpoints and EndpointSlice controllers against a real API
-//! server in this process. The test writes the pod status a node agent would (IP and
-//! readiness) and reads what kubectl and a proxy would read.
+//! In-process tier: the Endpoints and EndpointSlice controllers, and the ServiceAccount
+//! and root-CA publishers, against a real API server in this process. The test writes
+//! the pod status a node agent would (IP and readiness) and reads what kubectl and a
+//! proxy would read.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -10,22 +11,14 @@ use std::time::Duration;
 
 use cairn_apiserver::testing::TestServer;
 use cairn_controllers::endpoints::{SERVICE_NAME_LABEL, SLICE_MANAGED_BY};
-use cairn_controllers::{ControllerOptions, run};
-use common::{client, until};
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use cairn_controllers::run;
+use cairn_controllers::service_accounts::{DEFAULT_ACCOUNT, ROOT_CA_CONFIG_MAP};
+use common::{ROOT_CA, client, options, until};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn options() -> ControllerOptions {
-    ControllerOptions {
-        instance: "test".into(),
-        node_grace: Duration::from_secs(60),
-        eviction_timeout: Duration::from_secs(60),
-        resync: Duration::from_millis(100),
-    }
-}
 
 async fn report(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) {
     let status = json!({"status": {"phase": "Running", "podIP": ip, "conditions": [
@@ -176,6 +169,80 @@ async fn a_service_publishes_its_pods_as_endpoints_and_slices() {
         (endpoints_gone && slices_gone).then_some(())
     })
     .await;
+    stop.cancel();
+    controllers.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_its_default_account_and_the_cluster_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = TestServer::start().await.unwrap();
+    let client = client(&server).await;
+    let stop = CancellationToken::new();
+    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let published = |namespace: &str| {
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        async move {
+            accounts.get_opt(DEFAULT_ACCOUNT).await.ok()??;
+            let map = maps.get_opt(ROOT_CA_CONFIG_MAP).await.ok()??;
+            (map.data?.get("ca.crt")? == ROOT_CA).then_some(())
+        }
+    };
+    for namespace in ["default", "kube-system", "team"] {
+        until(&format!("{namespace}'s account and CA"), || {
+            published(namespace)
+        })
+        .await;
+    }
+
+    // Deleted or changed, they come back as they were.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    accounts
+        .delete(DEFAULT_ACCOUNT, &DeleteParams::default())
+        .await
+        .unwrap();
+    maps.patch(
+        ROOT_CA_CONFIG_MAP,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": "tampered"}})),
+    )
+    .await
+    .unwrap();
+    until("team's account and CA again", || published("team")).await;
+
+    // A namespace being deleted gets nothing new: it goes, and stays gone.
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    until("team gone", || async {
+        namespaces
+            .get_opt("team")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        accounts
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     stop.cancel();
     controllers.await.unwrap();
 }

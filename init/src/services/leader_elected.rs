@@ -112,6 +112,7 @@ impl LeaderElectedService {
         node_ipam: Option<NodeIpam>,
     ) -> Self {
         let lifecycle = settings.node_lifecycle.clone();
+        let root_ca = settings.ca_cert.clone();
         Self {
             name: "controllers",
             user: CONTROLLER_MANAGER_USER,
@@ -123,6 +124,7 @@ impl LeaderElectedService {
                     instance,
                     node_grace: Duration::from_secs(lifecycle.grace_period_seconds()),
                     eviction_timeout: Duration::from_secs(lifecycle.eviction_seconds()),
+                    root_ca: Some(root_ca.clone()),
                     ..ControllerOptions::default()
                 };
                 let ipam = node_ipam

@@ -85,12 +85,17 @@ pub async fn until<T, Fut: Future<Output = Option<T>>>(
     }
 }
 
+/// The "cluster CA" the tests' controllers publish as `kube-root-ca.crt`.
+pub const ROOT_CA: &str = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n";
+
+/// Controllers that look again every 100 ms, with a minute's node grace.
 pub fn options() -> ControllerOptions {
     ControllerOptions {
         instance: "test".into(),
         node_grace: Duration::from_secs(60),
         eviction_timeout: Duration::from_secs(60),
         resync: Duration::from_millis(100),
+        root_ca: Some(ROOT_CA.into()),
     }
 }
 
