@@ -55,6 +55,25 @@ pub struct ClusterLoad {
     pub rate: f64,
     /// A running cluster's kubeconfig: measure pod startup there, skip the failover.
     pub existing: Option<PathBuf>,
+    /// The made cluster's `cluster.nodeLifecycle.gracePeriodSeconds`, if not the default.
+    pub node_grace: Option<u64>,
+    /// The made cluster's `cluster.nodeLifecycle.evictionSeconds`, if not the default.
+    pub eviction: Option<u64>,
+}
+
+impl ClusterLoad {
+    /// The config patch that sets the node lifecycle asked for, if any.
+    fn lifecycle_patch(&self) -> Option<serde_json::Value> {
+        let mut lifecycle = serde_json::Map::new();
+        if let Some(grace) = self.node_grace {
+            lifecycle.insert("gracePeriodSeconds".into(), grace.into());
+        }
+        if let Some(eviction) = self.eviction {
+            lifecycle.insert("evictionSeconds".into(), eviction.into());
+        }
+        (!lifecycle.is_empty())
+            .then(|| serde_json::json!({"cluster": {"nodeLifecycle": lifecycle}}))
+    }
 }
 
 /// Runs the benchmark.
@@ -63,6 +82,11 @@ pub fn run(load: ClusterLoad) -> anyhow::Result<()> {
         bail!("--pods and --rate must be positive");
     }
     if let Some(kubeconfig) = &load.existing {
+        if load.lifecycle_patch().is_some() {
+            bail!(
+                "--node-grace and --eviction set up the cluster this run makes; they do not apply with --kubeconfig"
+            );
+        }
         let runtime = tokio::runtime::Runtime::new()?;
         let startup = runtime.block_on(async {
             let client = client(kubeconfig).await?;
@@ -78,7 +102,16 @@ pub fn run(load: ClusterLoad) -> anyhow::Result<()> {
     deps::ensure()?;
     let build::ClusterTools { cairnctl, images } = build::cluster_tools("cairn-bench-images")?;
     let clusters = tempfile::tempdir().context("a directory for the cluster's state")?;
-    let cluster = LocalCluster::create(&cairnctl, clusters.path())?;
+    let patch = match load.lifecycle_patch() {
+        Some(patch) => {
+            let path = clusters.path().join("lifecycle-patch.json");
+            std::fs::write(&path, patch.to_string())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let cluster = LocalCluster::create(&cairnctl, clusters.path(), patch.as_deref())?;
     checked(
         Command::new(&cairnctl)
             .args(["--context", CLUSTER, "image", "import"])
@@ -109,7 +142,16 @@ pub fn run(load: ClusterLoad) -> anyhow::Result<()> {
         failover.replaced_s / KUBERNETES_FAILOVER_S
     );
     println!(
-        "  (the node lifecycle defaults are a 10 s grace and a 10 s eviction toleration, so ~20 s is the floor unless the machine config shortens them)"
+        "  node lifecycle: {} s grace, {} s eviction toleration{}; their sum is the floor of the replacement time",
+        load.node_grace
+            .unwrap_or(cairn_api::machine_config::DEFAULT_NODE_GRACE_SECONDS),
+        load.eviction
+            .unwrap_or(cairn_api::machine_config::DEFAULT_EVICTION_SECONDS),
+        if load.lifecycle_patch().is_some() {
+            " (set with --node-grace/--eviction through `cairnctl cluster create --config-patch`)"
+        } else {
+            " (the defaults)"
+        }
     );
     Ok(())
 }
@@ -152,22 +194,24 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    fn create(cairnctl: &Path, clusters: &Path) -> anyhow::Result<Self> {
+    fn create(cairnctl: &Path, clusters: &Path, patch: Option<&Path>) -> anyhow::Result<Self> {
         let cluster = Self {
             cairnctl: cairnctl.to_owned(),
             clusters: clusters.to_owned(),
             dir: clusters.join(CLUSTER),
         };
-        checked(
-            Command::new(cairnctl)
-                .args(["cluster", "create", "--name", CLUSTER])
-                .args(["--control-planes", "1", "--workers", "2"])
-                .arg("--image-dir")
-                .arg(build::image_dir())
-                .arg("--clusters-dir")
-                .arg(clusters),
-            "cairnctl cluster create",
-        )?;
+        let mut create = Command::new(cairnctl);
+        create
+            .args(["cluster", "create", "--name", CLUSTER])
+            .args(["--control-planes", "1", "--workers", "2"])
+            .arg("--image-dir")
+            .arg(build::image_dir())
+            .arg("--clusters-dir")
+            .arg(clusters);
+        if let Some(patch) = patch {
+            create.arg("--config-patch").arg(patch);
+        }
+        checked(&mut create, "cairnctl cluster create")?;
         Ok(cluster)
     }
 

@@ -57,6 +57,14 @@ enum Which {
         /// busybox test image must be imported on its nodes.
         #[arg(long)]
         kubeconfig: Option<std::path::PathBuf>,
+        /// `cluster.nodeLifecycle.gracePeriodSeconds` of the cluster made (default: the
+        /// machine config's 10 s).
+        #[arg(long)]
+        node_grace: Option<u64>,
+        /// `cluster.nodeLifecycle.evictionSeconds` of the cluster made (default: the
+        /// machine config's 10 s).
+        #[arg(long)]
+        eviction: Option<u64>,
     },
     /// Pod network attach + detach against the CNI bridge + host-local plugins.
     Net {
@@ -109,10 +117,14 @@ fn main() -> anyhow::Result<()> {
             pods,
             rate,
             kubeconfig,
+            node_grace,
+            eviction,
         } => cluster::run(cluster::ClusterLoad {
             pods,
             rate,
             existing: kubeconfig,
+            node_grace,
+            eviction,
         }),
         Which::Scheduler {
             nodes,

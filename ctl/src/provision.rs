@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use cairn_api::bundle::{NodeSpec, Secrets};
 use cairn_api::client_config::Context;
 use cairn_api::machine_api::{Ack, Health, KubeconfigResponse, PORT, paths};
-use cairn_api::machine_config::{InterfaceConfig, MachineType};
+use cairn_api::machine_config::{InterfaceConfig, MachineConfig, MachineType};
 use cairn_api::pki::{Ca, Role};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,59 @@ pub struct CreateOptions {
     /// Where clusters keep their state (default: $CAIRN_CLUSTERS_DIR, else ~/.cairn/clusters).
     #[arg(long)]
     pub clusters_dir: Option<PathBuf>,
+    /// A YAML merge patch (RFC 7386) applied to every node's machine config, in the
+    /// order given (repeatable), e.g. a file with
+    /// `cluster: {nodeLifecycle: {gracePeriodSeconds: 5}}`.
+    #[arg(long = "config-patch", value_name = "FILE")]
+    pub config_patches: Vec<PathBuf>,
+}
+
+/// The patches of `paths`, read and checked before anything is made.
+fn read_patches(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, serde_json::Value)>> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the config patch {}", path.display()))?;
+            let patch: serde_json::Value = serde_saphyr::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("the config patch {} is not YAML: {e}", path.display()))?;
+            if !patch.is_object() {
+                bail!(
+                    "the config patch {} is not a mapping (a merge patch names the fields it sets, e.g. `cluster: {{nodeLifecycle: {{gracePeriodSeconds: 5}}}}`)",
+                    path.display()
+                );
+            }
+            Ok((path.clone(), patch))
+        })
+        .collect()
+}
+
+/// `config` with `patches` merged in, parsed and validated again: an error names the
+/// node, the patch files and each field that is wrong.
+fn patched(
+    config: MachineConfig,
+    patches: &[(PathBuf, serde_json::Value)],
+    node: &str,
+) -> anyhow::Result<MachineConfig> {
+    if patches.is_empty() {
+        return Ok(config);
+    }
+    let mut document = serde_json::to_value(&config)?;
+    for (_, patch) in patches {
+        json_patch::merge(&mut document, patch);
+    }
+    // JSON is YAML: the machine config's own parser checks the result.
+    MachineConfig::from_yaml(&document.to_string()).map_err(|err| {
+        let files: Vec<String> = patches
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        anyhow::anyhow!(
+            "the machine config of {node} with the config patch(es) {} is not valid: {}",
+            files.join(", "),
+            err.problems().join("; ")
+        )
+    })
 }
 
 /// What `cargo xtask image` wrote, as far as booting needs it.
@@ -178,9 +231,11 @@ pub fn create(global: &Global, options: &CreateOptions) -> anyhow::Result<()> {
         .map(|c| c.segment_port)
         .collect();
     let port = segment_port(&options.name, &taken);
+    let secrets = Secrets::generate(&options.name)?;
+    let nodes = plan_nodes(options, &secrets)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    let result = boot_nodes(global, options, &dir, &manifest, port);
+    let result = boot_nodes(global, options, &dir, &manifest, port, (&secrets, &nodes));
     if result.is_err() {
         eprintln!(
             "cluster {:?} did not come up; its VMs keep running for inspection (logs under {}); `cairnctl cluster destroy --name {}` removes it",
@@ -192,14 +247,18 @@ pub fn create(global: &Global, options: &CreateOptions) -> anyhow::Result<()> {
     result
 }
 
-fn boot_nodes(
-    global: &Global,
-    options: &CreateOptions,
-    dir: &Path,
-    manifest: &ImageManifest,
-    segment_port: u16,
-) -> anyhow::Result<()> {
-    let secrets = Secrets::generate(&options.name)?;
+/// One node to boot: its type, hostname, segment address and machine config.
+struct PlannedNode {
+    machine_type: MachineType,
+    hostname: String,
+    address: String,
+    config: MachineConfig,
+}
+
+/// The nodes of the cluster `options` asks for, with their configs made from
+/// `secrets` and the config patches, before anything is made on disk.
+fn plan_nodes(options: &CreateOptions, secrets: &Secrets) -> anyhow::Result<Vec<PlannedNode>> {
+    let patches = read_patches(&options.config_patches)?;
     let control_plane_address = "10.5.0.10".to_owned();
     let mut nodes = Vec::new();
     for i in 0..options.control_planes {
@@ -216,6 +275,42 @@ fn boot_nodes(
             format!("10.5.0.{}", 100 + u16::from(i)),
         ));
     }
+    nodes
+        .into_iter()
+        .map(|(machine_type, hostname, address)| {
+            let mut config = secrets.machine_config(&NodeSpec {
+                machine_type,
+                hostname: hostname.clone(),
+                addresses: vec![format!("{address}/24")],
+                endpoint: format!("https://{control_plane_address}:6443"),
+                control_planes: vec![control_plane_address.clone()],
+                install_disk: Some("/dev/vda".into()),
+            })?;
+            // eth1 is the management NIC: QEMU's user network gives it an address by DHCP.
+            config.machine.network.interfaces.push(InterfaceConfig {
+                name: Some("eth1".into()),
+                dhcp: true,
+                ..Default::default()
+            });
+            let config = patched(config, &patches, &hostname)?;
+            Ok(PlannedNode {
+                machine_type,
+                hostname,
+                address,
+                config,
+            })
+        })
+        .collect()
+}
+
+fn boot_nodes(
+    global: &Global,
+    options: &CreateOptions,
+    dir: &Path,
+    manifest: &ImageManifest,
+    segment_port: u16,
+    (secrets, nodes): (&Secrets, &[PlannedNode]),
+) -> anyhow::Result<()> {
     let mut record = ClusterRecord {
         name: options.name.clone(),
         segment_port,
@@ -224,23 +319,15 @@ fn boot_nodes(
     // Secrets first, so `gen client`-style tools and destroy can work with a half-made cluster.
     std::fs::write(dir.join("ca.crt"), secrets.ca.cert_pem())?;
     write_private(&dir.join("ca.key"), secrets.ca.key_pem())?;
-    for (index, (machine_type, hostname, address)) in nodes.iter().enumerate() {
+    for (index, node) in nodes.iter().enumerate() {
+        let PlannedNode {
+            machine_type,
+            hostname,
+            address,
+            config,
+        } = node;
         let node_dir = dir.join(hostname);
         std::fs::create_dir_all(&node_dir)?;
-        let mut config = secrets.machine_config(&NodeSpec {
-            machine_type: *machine_type,
-            hostname: hostname.clone(),
-            addresses: vec![format!("{address}/24")],
-            endpoint: format!("https://{control_plane_address}:6443"),
-            control_planes: vec![control_plane_address.clone()],
-            install_disk: Some("/dev/vda".into()),
-        })?;
-        // eth1 is the management NIC: QEMU's user network gives it an address by DHCP.
-        config.machine.network.interfaces.push(InterfaceConfig {
-            name: Some("eth1".into()),
-            dhcp: true,
-            ..Default::default()
-        });
         write_private(
             &node_dir.join("machine.yaml"),
             &config
@@ -641,6 +728,76 @@ pub fn cluster_ca(name: &str, clusters: Option<&Path>) -> anyhow::Result<Ca> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn worker_config() -> MachineConfig {
+        let secrets = Secrets::generate("t").unwrap();
+        secrets
+            .machine_config(&NodeSpec {
+                machine_type: MachineType::Worker,
+                hostname: "t-w-1".into(),
+                addresses: vec!["10.5.0.100/24".into()],
+                endpoint: "https://10.5.0.10:6443".into(),
+                control_planes: vec!["10.5.0.10".into()],
+                install_disk: None,
+            })
+            .unwrap()
+    }
+
+    fn patch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn config_patches_merge_in_order_and_a_bad_one_names_its_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = patch_file(
+            dir.path(),
+            "fast.yaml",
+            "cluster:\n  nodeLifecycle:\n    gracePeriodSeconds: 5\n    evictionSeconds: 4\n",
+        );
+        let second = patch_file(
+            dir.path(),
+            "later.yaml",
+            "cluster: {nodeLifecycle: {evictionSeconds: 3}}\n",
+        );
+        let patches = read_patches(&[first, second]).unwrap();
+        let config = patched(worker_config(), &patches, "t-w-1").unwrap();
+        let lifecycle = config.cluster.unwrap().node_lifecycle.unwrap();
+        assert_eq!(lifecycle.grace_period_seconds(), 5);
+        assert_eq!(lifecycle.eviction_seconds(), 3);
+
+        let zero = patch_file(
+            dir.path(),
+            "zero.yaml",
+            "cluster: {nodeLifecycle: {gracePeriodSeconds: 0}}\n",
+        );
+        let err = patched(worker_config(), &read_patches(&[zero]).unwrap(), "t-w-1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t-w-1") && err.contains("zero.yaml"), "{err}");
+        assert!(
+            err.contains("cluster.nodeLifecycle.gracePeriodSeconds"),
+            "{err}"
+        );
+
+        let typo = patch_file(dir.path(), "typo.yaml", "cluster: {nodeLifecycel: {}}\n");
+        let err = patched(worker_config(), &read_patches(&[typo]).unwrap(), "t-w-1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nodeLifecycel"), "{err}");
+
+        let list = patch_file(dir.path(), "list.yaml", "- a\n- b\n");
+        let err = read_patches(&[list]).unwrap_err().to_string();
+        assert!(
+            err.contains("list.yaml") && err.contains("not a mapping"),
+            "{err}"
+        );
+        let missing = dir.path().join("absent.yaml");
+        let err = read_patches(&[missing]).unwrap_err().to_string();
+        assert!(err.contains("absent.yaml"), "{err}");
+    }
 
     #[test]
     fn segment_ports_differ_per_name_and_avoid_taken_ones() {
