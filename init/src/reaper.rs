@@ -188,23 +188,20 @@ impl Reaper {
     }
 }
 
-/// Counts zombie processes whose parent is `parent` (from `/proc/<pid>/stat`).
-pub fn count_zombie_children(parent: u32) -> usize {
+/// The pids of zombie processes whose parent is `parent` (from `/proc/<pid>/stat`).
+pub fn zombie_children(parent: u32) -> std::collections::BTreeSet<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return std::collections::BTreeSet::new();
     };
     entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (state, ppid) = parse_stat_state_ppid(&stat)?;
+            (state == 'Z' && ppid == parent).then_some(pid)
         })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|stat| parse_stat_state_ppid(&stat))
-        .filter(|(state, ppid)| *state == 'Z' && *ppid == parent)
-        .count()
+        .collect()
 }
 
 /// The state letter and parent pid of a `/proc/<pid>/stat` line. The command name is

@@ -260,7 +260,8 @@ fn orphaned_processes_are_reaped_so_zombies_do_not_accumulate() {
             .expect("orphan round");
         assert_eq!(field(&last, "zombies"), 0, "{last}");
     }
-    assert!(field(&last, "orphans_reaped") >= 15, "{last}");
+    // Rounds 1 and 2 have surely ended by round 3; round 3's may still linger.
+    assert!(field(&last, "orphans_reaped") >= 10, "{last}");
     power_off_in_order(&vm);
 }
 

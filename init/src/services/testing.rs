@@ -7,7 +7,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tracing::info;
 
-use crate::reaper::count_zombie_children;
+use crate::reaper::zombie_children;
 use crate::supervisor::{Service, ServiceContext, ServiceError};
 
 /// Panics 50 ms after every start, forever: the supervisor must restart it with growing
@@ -68,7 +68,15 @@ impl Service for Orphans {
                     () = ctx.shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(Duration::from_millis(600)) => {}
                 }
-                let zombies = count_zombie_children(me);
+                // A child that ended a moment ago is a zombie until the reaper's next
+                // pass (slow under TCG, and at most a second apart): one still there two seconds
+                // later is leaked.
+                let seen = zombie_children(me);
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                let zombies = zombie_children(me).intersection(&seen).count();
                 info!(
                     round,
                     spawned = ORPHANS_PER_ROUND,
