@@ -12,6 +12,7 @@ pub mod machine_api;
 pub mod machine_config;
 pub mod pki;
 pub mod remote_command;
+pub mod service_account;
 pub mod tls;
 
 pub use machine_config::{ConfigError, FieldError, MachineConfig};

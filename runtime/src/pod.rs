@@ -34,6 +34,13 @@ use crate::volumes::{self, PodSources, PreparedVolume, SourceRefresh};
 use cairn_api::error_chain;
 use cairn_net::pod_network::PodNetworkSlot;
 
+/// How a pod's setup message begins when a volume could not be set up (the
+/// kubelet's `MountVolume.SetUp failed`, recorded as a `FailedMount` event).
+pub const MOUNT_FAILED: &str = "MountVolume.SetUp failed";
+/// How a pod's setup message begins while the node's pod network has not started
+/// (recorded as a `NetworkNotReady` event, as the kubelet does).
+pub const NETWORK_NOT_READY: &str = "network is not ready";
+
 /// How long a failing container waits before its next start: doubling from
 /// `initial` to `max`, back to `initial` after running `reset_after` without failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,10 +683,12 @@ fn setup_once(
         namespaces.uts = None;
     } else if let (Some(slot), Some(netns)) = (&node.pod_network, &namespaces.net) {
         let network = slot.get().ok_or_else(|| {
-            "network is not ready: the node's pod network has not started yet (a control \
-             plane claims its pod CIDR through the cluster store, see `cairnctl bootstrap`; \
-             a worker waits for the control planes to set its Node's spec.podCIDR)"
-                .to_owned()
+            format!(
+                "{NETWORK_NOT_READY}: the node's pod network has not started yet (a control \
+                 plane claims its pod CIDR through the cluster store, see `cairnctl \
+                 bootstrap`; a worker waits for the control planes to set its Node's \
+                 spec.podCIDR)"
+            )
         })?;
         // Attaching again (after a restart of the runtime) keeps the address.
         let interface = runtime
@@ -712,7 +721,7 @@ fn setup_once(
         None => volumes::prepare(&volume_root, &ctx, &PodSources::default())
             .or_else(|_| volumes::existing(&volume_root, &record.spec)),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("{MOUNT_FAILED}: {e}"))?;
     Ok(PodSetup {
         namespaces,
         pod_ip,

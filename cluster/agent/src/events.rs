@@ -1,11 +1,14 @@
 //! The events the kubelet records on a pod, as `kubectl describe pod` lists them
-//! (`Pulling`, `Pulled`, `Created`, `Started`, `BackOff`, `Failed`, `Killing`), derived
+//! (`Pulling`, `Pulled`, `Created`, `Started`, `BackOff`, `Failed`, `Killing`, and
+//! `FailedMount`, `NetworkNotReady` or `FailedCreatePodSandBox` while the pod cannot be
+//! set up), derived
 //! from the change between two reported statuses. Pure, so the mapping is unit-tested;
 //! [`record`] sends them, best effort.
 
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodStatus};
 
 use cairn_events::{Involved, Reporter};
+use cairn_runtime::pod::{MOUNT_FAILED, NETWORK_NOT_READY};
 
 /// The component name the kubelet's events carry.
 const COMPONENT: &str = "kubelet";
@@ -52,6 +55,11 @@ const FAILED_REASONS: [&str; 5] = [
 /// `next`, for the pod `pod` (`namespace/name`, for messages).
 pub fn transitions(previous: Option<&PodStatus>, next: &PodStatus, pod: &str) -> Vec<PodEvent> {
     let mut events = Vec::new();
+    if let Some(failure) = setup_failure(next)
+        && previous.and_then(setup_failure) != Some(failure)
+    {
+        events.push(setup_failure_event(failure));
+    }
     let before = |name: &str| {
         previous
             .into_iter()
@@ -129,6 +137,34 @@ pub fn transitions(previous: Option<&PodStatus>, next: &PodStatus, pod: &str) ->
         }
     }
     events
+}
+
+/// Why the pod's sandbox or volumes cannot be set up yet, if that is what its
+/// containers wait for (the runtime retries, and says so in their waiting message).
+fn setup_failure(status: &PodStatus) -> Option<&str> {
+    statuses(status).find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let message = waiting.message.as_deref()?;
+        (waiting.reason.as_deref() == Some("ContainerCreating")
+            && !message.is_empty()
+            && !message.starts_with("pulling image"))
+        .then_some(message)
+    })
+}
+
+/// The kubelet's event for a setup failure: `FailedMount`, `NetworkNotReady` or
+/// `FailedCreatePodSandBox`.
+fn setup_failure_event(message: &str) -> PodEvent {
+    if message.starts_with(MOUNT_FAILED) {
+        PodEvent::warning("FailedMount", message.to_owned())
+    } else if message.starts_with(NETWORK_NOT_READY) {
+        PodEvent::warning("NetworkNotReady", message.to_owned())
+    } else {
+        PodEvent::warning(
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {message}"),
+        )
+    }
 }
 
 /// The `Killing` events of a pod being stopped: one per container that runs.
@@ -255,6 +291,47 @@ mod tests {
         let events = transitions(None, &never, "default/x");
         assert_eq!(reasons(&events), ["ErrImageNeverPull"]);
         assert_eq!(events[0].message, "image \"nope\" is not present");
+    }
+
+    #[test]
+    fn a_volume_that_cannot_be_set_up_is_one_failed_mount_per_new_reason() {
+        let creating = |message: &str| {
+            status(serde_json::json!([
+                {"name": "a", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "ContainerCreating", "message": message}}},
+                {"name": "b", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "ContainerCreating", "message": message}}}
+            ]))
+        };
+        let missing =
+            format!("{MOUNT_FAILED}: spec.volumes[0].configMap.name: config map \"cfg\" not found");
+        let events = transitions(Some(&creating("")), &creating(&missing), "default/x");
+        assert_eq!(reasons(&events), ["FailedMount"]);
+        assert_eq!(events[0].kind, "Warning");
+        assert_eq!(events[0].message, missing);
+        // The runtime retries with the same message: no new event until it changes.
+        assert!(
+            transitions(Some(&creating(&missing)), &creating(&missing), "default/x").is_empty()
+        );
+        let no_network = format!("{NETWORK_NOT_READY}: the node's pod network has not started");
+        let events = transitions(
+            Some(&creating(&missing)),
+            &creating(&no_network),
+            "default/x",
+        );
+        assert_eq!(reasons(&events), ["NetworkNotReady"]);
+        let events = transitions(None, &creating("creating namespaces: EPERM"), "default/x");
+        assert_eq!(reasons(&events), ["FailedCreatePodSandBox"]);
+        assert_eq!(
+            events[0].message,
+            "Failed to create pod sandbox: creating namespaces: EPERM"
+        );
+        // Pulling is not a failure.
+        assert!(
+            transitions(None, &creating("pulling image \"i\""), "default/x")
+                .iter()
+                .all(|e| e.reason == "Pulling")
+        );
     }
 
     #[test]

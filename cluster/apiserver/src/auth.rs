@@ -87,6 +87,18 @@ pub struct TokenClaims {
     pub uid: String,
     /// Expiry (Unix seconds).
     pub expires: i64,
+    /// The pod the token is bound to (`None`: bound to nothing): it is valid only while
+    /// that pod exists and is not past its deletion.
+    pub pod: Option<BoundPod>,
+}
+
+/// The pod a token is bound to, as its `kubernetes.io.pod` claim names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundPod {
+    /// The pod's name (in the ServiceAccount's namespace).
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
 }
 
 impl TokenClaims {
@@ -156,7 +168,7 @@ impl Tokens {
         } else {
             audiences.to_vec()
         };
-        let body = json!({
+        let mut body = json!({
             "iss": TOKEN_ISSUER,
             "aud": audiences,
             "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
@@ -168,6 +180,9 @@ impl Tokens {
                 "serviceaccount": {"name": claims.name, "uid": claims.uid},
             },
         });
+        if let Some(pod) = &claims.pod {
+            body["kubernetes.io"]["pod"] = json!({"name": pod.name, "uid": pod.uid});
+        }
         let signing_input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),
@@ -219,6 +234,13 @@ impl Tokens {
             name: k.pointer("/serviceaccount/name")?.as_str()?.to_owned(),
             uid: k.pointer("/serviceaccount/uid")?.as_str()?.to_owned(),
             expires,
+            pod: match k.get("pod") {
+                None => None,
+                Some(pod) => Some(BoundPod {
+                    name: pod["name"].as_str()?.to_owned(),
+                    uid: pod["uid"].as_str()?.to_owned(),
+                }),
+            },
         })
     }
 }
@@ -241,6 +263,7 @@ mod tests {
             name: "robot".into(),
             uid: "u1".into(),
             expires: later,
+            pod: None,
         };
         let token = tokens.issue(&claims, &[]).unwrap();
         assert_eq!(tokens.verify(&token), Some(claims.clone()));
@@ -255,11 +278,20 @@ mod tests {
             .issue(
                 &TokenClaims {
                     expires: 1,
-                    ..claims
+                    ..claims.clone()
                 },
                 &[],
             )
             .unwrap();
         assert_eq!(tokens.verify(&expired), None);
+        let bound = TokenClaims {
+            pod: Some(BoundPod {
+                name: "web-0".into(),
+                uid: "p1".into(),
+            }),
+            ..claims
+        };
+        let token = tokens.issue(&bound, &[]).unwrap();
+        assert_eq!(tokens.verify(&token), Some(bound), "the pod claim survives");
     }
 }

@@ -772,6 +772,7 @@ mod tests {
             name: "bot".into(),
             uid: "u".into(),
             expires: 0,
+            pod: None,
         }
         .user();
         assert!(policy.allows(&bot, &get("configmaps", Some("team"))));

@@ -1750,8 +1750,8 @@ impl Call<'_> {
             });
         }
         let seconds = seconds.min(48 * 3600);
-        let bound_to_pod = body.pointer("/spec/boundObjectRef/kind") == Some(&json!("Pod"));
-        let valid_for = if bound_to_pod && seconds == service_accounts::TOKEN_SECONDS {
+        let pod = self.bound_pod(&name, body).await?;
+        let valid_for = if pod.is_some() && seconds == service_accounts::TOKEN_SECONDS {
             service_accounts::EXTENDED_TOKEN_SECONDS
         } else {
             seconds
@@ -1774,6 +1774,7 @@ impl Call<'_> {
                 .unwrap_or("")
                 .to_owned(),
             expires: now + valid_for,
+            pod: pod.clone(),
         };
         let token = tokens.issue(&claims, &audiences)?;
         let stamp = time::OffsetDateTime::from_unix_timestamp(expires)
@@ -1787,10 +1788,74 @@ impl Call<'_> {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": name, "namespace": self.namespace(), "creationTimestamp": null},
-            "spec": {"audiences": if audiences.is_empty() { vec![crate::auth::TOKEN_ISSUER.to_owned()] } else { audiences }, "expirationSeconds": seconds},
+            "spec": {
+                "audiences": if audiences.is_empty() { vec![crate::auth::TOKEN_ISSUER.to_owned()] } else { audiences },
+                "expirationSeconds": seconds,
+                "boundObjectRef": pod.map(|p| json!({"kind": "Pod", "apiVersion": "v1", "name": p.name, "uid": p.uid})),
+            },
             "status": {"token": token, "expirationTimestamp": stamp},
         });
         Ok(json_response(StatusCode::CREATED, &answer, &[]))
+    }
+
+    /// The pod a TokenRequest for `account` binds its token to (`spec.boundObjectRef`,
+    /// `None` when it names none): it must exist in the account's namespace, with the
+    /// uid the reference gives if it gives one. Only pods can be bound to.
+    async fn bound_pod(
+        &self,
+        account: &str,
+        body: &Value,
+    ) -> Result<Option<crate::auth::BoundPod>, ApiError> {
+        let Some(reference) = body
+            .pointer("/spec/boundObjectRef")
+            .filter(|r| !r.is_null())
+        else {
+            return Ok(None);
+        };
+        let invalid = |field: &str, value: &Value, why: &str| ApiError::Invalid {
+            kind: "TokenRequest".into(),
+            group: "authentication.k8s.io".into(),
+            name: account.to_owned(),
+            causes: vec![FieldError::invalid(field, value, why)],
+        };
+        let kind = &reference["kind"];
+        if kind != "Pod" {
+            return Err(invalid(
+                "spec.boundObjectRef.kind",
+                kind,
+                "supported values: \"Pod\"",
+            ));
+        }
+        let Some(name) = reference["name"].as_str().filter(|n| !n.is_empty()) else {
+            return Err(invalid(
+                "spec.boundObjectRef.name",
+                &reference["name"],
+                "must name the pod",
+            ));
+        };
+        let pods = self.state.registry.builtin(Kind::Pod);
+        let pod = self
+            .state
+            .storage
+            .get(&pods, self.namespace(), name, true)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&pods, name))?;
+        let uid = meta::meta_str(&pod.object, "uid").unwrap_or("").to_owned();
+        if let Some(wanted) = reference["uid"].as_str().filter(|u| !u.is_empty())
+            && wanted != uid
+        {
+            return Err(ApiError::conflict_because(
+                &pods,
+                name,
+                &format!(
+                    "the UID in the bound object reference ({wanted}) does not match the UID in record. The object might have been deleted and then recreated"
+                ),
+            ));
+        }
+        Ok(Some(crate::auth::BoundPod {
+            name: name.to_owned(),
+            uid,
+        }))
     }
 
     /// SelfSubjectAccessReview and SelfSubjectRulesReview.

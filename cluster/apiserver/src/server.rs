@@ -214,6 +214,27 @@ async fn authenticate(
         if crate::meta::meta_str(&account.object, "uid") != Some(claims.uid.as_str()) {
             return Err(ApiError::Unauthorized);
         }
+        // A pod-bound token dies with its pod: the same pod (by uid), not past the
+        // time its deletion ends (its token still works through the grace period).
+        if let Some(bound) = &claims.pod {
+            let pods = state.registry.builtin(Kind::Pod);
+            let pod = state
+                .storage
+                .get(&pods, Some(&claims.namespace), &bound.name, false)
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            if crate::meta::meta_str(&pod.object, "uid") != Some(bound.uid.as_str()) {
+                return Err(ApiError::Unauthorized);
+            }
+            let deleted_by =
+                crate::meta::meta_str(&pod.object, "deletionTimestamp").and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+            if deleted_by.is_some_and(|t| t < time::OffsetDateTime::now_utc()) {
+                return Err(ApiError::Unauthorized);
+            }
+        }
         return Ok(claims.user());
     }
     Ok(peer.unwrap_or_else(User::anonymous))

@@ -8,14 +8,13 @@
 //!
 //! A container that already mounts something at that path keeps its own mount.
 
+pub use cairn_api::service_account::{
+    DEFAULT_ACCOUNT, MOUNT_PATH, ROOT_CA_CONFIG_MAP, ROOT_CA_KEY,
+};
 use serde_json::{Value, json};
 
 use crate::meta;
 
-/// Where the credentials appear in each container.
-pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// The ConfigMap with the cluster CA (`ca.crt`) in every namespace.
-pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 /// The token lifetime the volume asks for. A token bound to a pod with exactly this
 /// lifetime is signed for a year ([`EXTENDED_TOKEN_SECONDS`]), as Kubernetes does
 /// with `--service-account-extend-token-expiration`, so that a pod whose token is
@@ -23,8 +22,6 @@ pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 pub const TOKEN_SECONDS: i64 = 3607;
 /// How long such a token is valid.
 pub const EXTENDED_TOKEN_SECONDS: i64 = 365 * 24 * 3600;
-/// The account a pod runs as when it names none.
-pub const DEFAULT_ACCOUNT: &str = "default";
 
 /// The account `pod` runs as: `spec.serviceAccountName`, else the deprecated
 /// `spec.serviceAccount`, else `default`.
@@ -95,7 +92,7 @@ pub fn admit(pod: &mut Value, account: Option<&Value>) {
                 "defaultMode": 420,
                 "sources": [
                     {"serviceAccountToken": {"expirationSeconds": TOKEN_SECONDS, "path": "token"}},
-                    {"configMap": {"name": ROOT_CA_CONFIG_MAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"configMap": {"name": ROOT_CA_CONFIG_MAP, "items": [{"key": ROOT_CA_KEY, "path": "ca.crt"}]}},
                     {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
                 ],
             },

@@ -738,6 +738,49 @@ async fn service_account_tokens_authenticate_until_the_account_is_gone() {
         ),
         "{refused}"
     );
+    // A token bound to a pod works while that pod exists, and no longer once it is
+    // deleted; the account's other tokens go on working.
+    let bound = c
+        .ok(&[
+            "create",
+            "token",
+            "robot",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=plain",
+        ])
+        .await;
+    let bound_config = c.write_token_kubeconfig("robot-in-plain", bound.trim());
+    c.ok_as(&["get", "configmaps"], &bound_config).await;
+    let no_pod = c
+        .fails(
+            &[
+                "create",
+                "token",
+                "robot",
+                "--bound-object-kind=Pod",
+                "--bound-object-name=nope",
+            ],
+            None,
+        )
+        .await;
+    assert!(no_pod.contains("pods \"nope\" not found"), "{no_pod}");
+    c.ok(&["delete", "pod", "plain", "--wait=false"]).await;
+    common::until(
+        "the bound token to die with its pod",
+        Duration::from_secs(20),
+        || {
+            let c = &c;
+            let config = bound_config.clone();
+            async move {
+                let out = c.kubectl_async(&["get", "configmaps"], Some(&config)).await;
+                String::from_utf8_lossy(&out.stderr)
+                    .contains("Unauthorized")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    c.ok_as(&["get", "configmaps"], &config).await;
     c.ok(&["delete", "serviceaccount", "robot"]).await;
     let gone = c.fails(&["get", "configmaps"], Some(&config)).await;
     assert!(gone.contains("Unauthorized"), "{gone}");

@@ -45,7 +45,7 @@ pub mod statefulset;
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
@@ -133,136 +133,78 @@ pub struct Caches {
     pub root_ca_maps: Store<ConfigMap>,
 }
 
+/// The watches that fill [`Caches`] (to be driven by the caller), and whether each
+/// cache has had its first list.
+#[derive(Default)]
+struct Feeds {
+    streams: Vec<gc::Feed>,
+    ready: Vec<futures::future::BoxFuture<'static, bool>>,
+}
+
+impl Feeds {
+    /// A cache of what `api` lists under `config`, fed by a watch added to `self`.
+    fn cache<K>(&mut self, api: Api<K>, config: watcher::Config) -> Store<K>
+    where
+        K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (store, writer) = reflector::store();
+        self.streams.push(
+            watcher::watcher(api, config)
+                .default_backoff()
+                .reflect(writer)
+                .map(|e| e.map(|_| ()))
+                .boxed(),
+        );
+        let first_list = store.clone();
+        self.ready
+            .push(async move { first_list.wait_until_ready().await.is_ok() }.boxed());
+        store
+    }
+
+    /// The watches, and a future that says whether every cache has had its first
+    /// list (`false`: a watch ended first).
+    fn split(self) -> (Vec<gc::Feed>, impl Future<Output = bool>) {
+        let ready = futures::future::join_all(self.ready);
+        (
+            self.streams,
+            async move { ready.await.into_iter().all(|ok| ok) },
+        )
+    }
+}
+
 /// Runs every controller with `client` until `stop` fires.
 pub async fn run(client: kube::Client, options: ControllerOptions, stop: CancellationToken) {
-    let (nodes, nodes_writer) = reflector::store();
-    let (leases, leases_writer) = reflector::store();
-    let (pods, pods_writer) = reflector::store();
-    let (replica_sets, rs_writer) = reflector::store();
-    let (deployments, deployments_writer) = reflector::store();
-    let (jobs, jobs_writer) = reflector::store();
-    let (daemon_sets, daemon_sets_writer) = reflector::store();
-    let (stateful_sets, stateful_sets_writer) = reflector::store();
-    let (controller_revisions, revisions_writer) = reflector::store();
-    let (cron_jobs, cron_jobs_writer) = reflector::store();
-    let (services, services_writer) = reflector::store();
-    let (endpoints, endpoints_writer) = reflector::store();
-    let (endpoint_slices, slices_writer) = reflector::store();
-    let (namespaces, namespaces_writer) = reflector::store();
-    let (service_accounts, accounts_writer) = reflector::store();
-    let (root_ca_maps, root_ca_writer) = reflector::store();
+    let mut feeds = Feeds::default();
+    let every = watcher::Config::default;
     let caches = Caches {
-        nodes,
-        leases,
-        pods,
-        replica_sets,
-        deployments,
-        jobs,
-        daemon_sets,
-        stateful_sets,
-        controller_revisions,
-        cron_jobs,
-        services,
-        endpoints,
-        endpoint_slices,
-        namespaces,
-        service_accounts,
-        root_ca_maps,
-    };
-    let (graph, graph_feeds) = gc::Graph::new(&client);
-    let config = watcher::Config::default;
-    let typed = [
-        watcher::watcher(Api::<Node>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(nodes_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(
-            Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
-            config(),
-        )
-        .default_backoff()
-        .reflect(leases_writer)
-        .map(|e| e.map(|_| ()))
-        .boxed(),
-        watcher::watcher(Api::<Pod>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(pods_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<ReplicaSet>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(rs_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<Deployment>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(deployments_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<Job>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(jobs_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<DaemonSet>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(daemon_sets_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<StatefulSet>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(stateful_sets_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<ControllerRevision>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(revisions_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<CronJob>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(cron_jobs_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<Service>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(services_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<Endpoints>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(endpoints_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(slices_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<Namespace>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(namespaces_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(Api::<ServiceAccount>::all(client.clone()), config())
-            .default_backoff()
-            .reflect(accounts_writer)
-            .map(|e| e.map(|_| ()))
-            .boxed(),
-        watcher::watcher(
-            Api::<ConfigMap>::all(client.clone()),
-            config().fields(&format!(
+        nodes: feeds.cache(Api::all(client.clone()), every()),
+        leases: feeds.cache(Api::namespaced(client.clone(), "kube-node-lease"), every()),
+        pods: feeds.cache(Api::all(client.clone()), every()),
+        replica_sets: feeds.cache(Api::all(client.clone()), every()),
+        deployments: feeds.cache(Api::all(client.clone()), every()),
+        jobs: feeds.cache(Api::all(client.clone()), every()),
+        daemon_sets: feeds.cache(Api::all(client.clone()), every()),
+        stateful_sets: feeds.cache(Api::all(client.clone()), every()),
+        controller_revisions: feeds.cache(Api::all(client.clone()), every()),
+        cron_jobs: feeds.cache(Api::all(client.clone()), every()),
+        services: feeds.cache(Api::all(client.clone()), every()),
+        endpoints: feeds.cache(Api::all(client.clone()), every()),
+        endpoint_slices: feeds.cache(Api::all(client.clone()), every()),
+        namespaces: feeds.cache(Api::all(client.clone()), every()),
+        service_accounts: feeds.cache(Api::all(client.clone()), every()),
+        root_ca_maps: feeds.cache(
+            Api::all(client.clone()),
+            every().fields(&format!(
                 "metadata.name={}",
                 service_accounts::ROOT_CA_CONFIG_MAP
             )),
-        )
-        .default_backoff()
-        .reflect(root_ca_writer)
-        .map(|e| e.map(|_| ()))
-        .boxed(),
-    ];
-    let watches = futures::stream::select_all(typed.into_iter().chain(graph_feeds));
+        ),
+    };
+    let (graph, graph_feeds) = gc::Graph::new(&client);
+    let (streams, typed_ready) = feeds.split();
+    let watches = futures::stream::select_all(streams.into_iter().chain(graph_feeds));
     let drive = watches.for_each(|event| async move {
         if let Err(err) = event {
             warn!(error = %err, "a controller watch failed; retrying");
@@ -274,23 +216,7 @@ pub async fn run(client: kube::Client, options: ControllerOptions, stop: Cancell
         () = drive => {}
         () = async {
             // Decisions need the whole picture: wait for every first list.
-            let typed_ready = caches.nodes.wait_until_ready().await.is_ok()
-                && caches.leases.wait_until_ready().await.is_ok()
-                && caches.pods.wait_until_ready().await.is_ok()
-                && caches.replica_sets.wait_until_ready().await.is_ok()
-                && caches.deployments.wait_until_ready().await.is_ok()
-                && caches.jobs.wait_until_ready().await.is_ok()
-                && caches.daemon_sets.wait_until_ready().await.is_ok()
-                && caches.stateful_sets.wait_until_ready().await.is_ok()
-                && caches.controller_revisions.wait_until_ready().await.is_ok()
-                && caches.cron_jobs.wait_until_ready().await.is_ok()
-                && caches.services.wait_until_ready().await.is_ok()
-                && caches.endpoints.wait_until_ready().await.is_ok()
-                && caches.endpoint_slices.wait_until_ready().await.is_ok()
-                && caches.namespaces.wait_until_ready().await.is_ok()
-                && caches.service_accounts.wait_until_ready().await.is_ok()
-                && caches.root_ca_maps.wait_until_ready().await.is_ok();
-            if !typed_ready || !graph.wait_until_ready().await {
+            if !typed_ready.await || !graph.wait_until_ready().await {
                 return;
             }
             tokio::join!(

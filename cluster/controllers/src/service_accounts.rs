@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+pub use cairn_api::service_account::{DEFAULT_ACCOUNT, ROOT_CA_CONFIG_MAP, ROOT_CA_KEY};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -13,13 +14,6 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 
 use crate::{Caches, ControllerOptions};
-
-/// The account every namespace has.
-pub const DEFAULT_ACCOUNT: &str = "default";
-/// The ConfigMap with the cluster CA in every namespace.
-pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
-/// The key of the CA in it.
-const ROOT_CA_KEY: &str = "ca.crt";
 
 /// Runs both controllers over `caches` (never returns; dropped to stop).
 pub async fn run(client: kube::Client, caches: Caches, options: ControllerOptions) {

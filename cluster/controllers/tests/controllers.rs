@@ -23,13 +23,12 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// The shared options, with a node grace and eviction timeout short enough to watch.
 fn options() -> ControllerOptions {
     ControllerOptions {
-        instance: "test".into(),
         node_grace: Duration::from_secs(2),
         eviction_timeout: Duration::from_secs(1),
-        resync: Duration::from_millis(100),
-        root_ca: None,
+        ..common::options()
     }
 }
 

@@ -144,7 +144,16 @@ impl Cluster {
 
     /// Runs kubectl; fails the test with its output if it fails.
     pub async fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl_async(args, None).await;
+        self.ok_with(args, None).await
+    }
+
+    /// Runs kubectl with the credentials of `kubeconfig`; fails the test if it fails.
+    pub async fn ok_as(&self, args: &[&str], kubeconfig: &Path) -> String {
+        self.ok_with(args, Some(kubeconfig)).await
+    }
+
+    async fn ok_with(&self, args: &[&str], kubeconfig: Option<&Path>) -> String {
+        let out = self.kubectl_async(args, kubeconfig).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
