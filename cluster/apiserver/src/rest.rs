@@ -1738,16 +1738,12 @@ impl Call<'_> {
             .and_then(Value::as_i64)
             .unwrap_or(3600);
         if seconds < 600 {
-            return Err(ApiError::Invalid {
-                kind: "TokenRequest".into(),
-                group: "authentication.k8s.io".into(),
-                name: name.clone(),
-                causes: vec![FieldError::invalid(
-                    "spec.expirationSeconds",
-                    &json!(seconds),
-                    "may not specify a duration less than 10 minutes",
-                )],
-            });
+            return Err(invalid_token_request(
+                &name,
+                "spec.expirationSeconds",
+                &json!(seconds),
+                "may not specify a duration less than 10 minutes",
+            ));
         }
         let seconds = seconds.min(48 * 3600);
         let pod = self.bound_pod(&name, body).await?;
@@ -1812,22 +1808,18 @@ impl Call<'_> {
         else {
             return Ok(None);
         };
-        let invalid = |field: &str, value: &Value, why: &str| ApiError::Invalid {
-            kind: "TokenRequest".into(),
-            group: "authentication.k8s.io".into(),
-            name: account.to_owned(),
-            causes: vec![FieldError::invalid(field, value, why)],
-        };
         let kind = &reference["kind"];
         if kind != "Pod" {
-            return Err(invalid(
+            return Err(invalid_token_request(
+                account,
                 "spec.boundObjectRef.kind",
                 kind,
                 "supported values: \"Pod\"",
             ));
         }
         let Some(name) = reference["name"].as_str().filter(|n| !n.is_empty()) else {
-            return Err(invalid(
+            return Err(invalid_token_request(
+                account,
                 "spec.boundObjectRef.name",
                 &reference["name"],
                 "must name the pod",
@@ -2029,6 +2021,16 @@ pub fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
         return Err(bad("continue key is not valid"));
     }
     Ok((u64::try_from(rv).unwrap_or(0), start.to_owned()))
+}
+
+/// 422 for a TokenRequest for the ServiceAccount `account`, naming the bad `field`.
+fn invalid_token_request(account: &str, field: &str, value: &Value, why: &str) -> ApiError {
+    ApiError::Invalid {
+        kind: "TokenRequest".into(),
+        group: "authentication.k8s.io".into(),
+        name: account.to_owned(),
+        causes: vec![FieldError::invalid(field, value, why)],
+    }
 }
 
 #[cfg(test)]

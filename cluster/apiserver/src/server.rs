@@ -205,39 +205,49 @@ async fn authenticate(
         let tokens = state.tokens.as_ref().ok_or(ApiError::Unauthorized)?;
         let claims = tokens.verify(token).ok_or(ApiError::Unauthorized)?;
         // The ServiceAccount must still exist as the one the token was made for.
-        let accounts = state.registry.builtin(Kind::ServiceAccount);
-        let account = state
-            .storage
-            .get(&accounts, Some(&claims.namespace), &claims.name, false)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        if crate::meta::meta_str(&account.object, "uid") != Some(claims.uid.as_str()) {
-            return Err(ApiError::Unauthorized);
-        }
+        same_object(
+            state,
+            Kind::ServiceAccount,
+            &claims.namespace,
+            &claims.name,
+            &claims.uid,
+        )
+        .await?;
         // A pod-bound token dies with its pod: the same pod (by uid), not past the
         // time its deletion ends (its token still works through the grace period).
         if let Some(bound) = &claims.pod {
-            let pods = state.registry.builtin(Kind::Pod);
-            let pod = state
-                .storage
-                .get(&pods, Some(&claims.namespace), &bound.name, false)
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
-            if crate::meta::meta_str(&pod.object, "uid") != Some(bound.uid.as_str()) {
-                return Err(ApiError::Unauthorized);
-            }
+            let pod =
+                same_object(state, Kind::Pod, &claims.namespace, &bound.name, &bound.uid).await?;
             let deleted_by =
-                crate::meta::meta_str(&pod.object, "deletionTimestamp").and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                });
-            if deleted_by.is_some_and(|t| t < time::OffsetDateTime::now_utc()) {
+                crate::meta::meta_str(&pod, "deletionTimestamp").and_then(crate::meta::parse_time);
+            if deleted_by.is_some_and(|t| t < time::OffsetDateTime::now_utc().unix_timestamp()) {
                 return Err(ApiError::Unauthorized);
             }
         }
         return Ok(claims.user());
     }
     Ok(peer.unwrap_or_else(User::anonymous))
+}
+
+/// The object `namespace/name` of `kind` a token names, if it still exists with the
+/// uid the token was made for (else the token is no longer valid: 401).
+async fn same_object(
+    state: &ApiState,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Value, ApiError> {
+    let resource = state.registry.builtin(kind);
+    let stored = state
+        .storage
+        .get(&resource, Some(namespace), name, false)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if crate::meta::meta_str(&stored.object, "uid") != Some(uid) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(stored.object)
 }
 
 fn authorize(state: &ApiState, user: &User, attributes: &Attributes) -> Result<(), ApiError> {

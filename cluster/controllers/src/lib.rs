@@ -163,6 +163,16 @@ impl Feeds {
         store
     }
 
+    /// A cache of every `K` in the cluster.
+    fn cache_all<K>(&mut self, client: &kube::Client) -> Store<K>
+    where
+        K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        self.cache(Api::all(client.clone()), watcher::Config::default())
+    }
+
     /// The watches, and a future that says whether every cache has had its first
     /// list (`false`: a watch ended first).
     fn split(self) -> (Vec<gc::Feed>, impl Future<Output = bool>) {
@@ -177,26 +187,28 @@ impl Feeds {
 /// Runs every controller with `client` until `stop` fires.
 pub async fn run(client: kube::Client, options: ControllerOptions, stop: CancellationToken) {
     let mut feeds = Feeds::default();
-    let every = watcher::Config::default;
     let caches = Caches {
-        nodes: feeds.cache(Api::all(client.clone()), every()),
-        leases: feeds.cache(Api::namespaced(client.clone(), "kube-node-lease"), every()),
-        pods: feeds.cache(Api::all(client.clone()), every()),
-        replica_sets: feeds.cache(Api::all(client.clone()), every()),
-        deployments: feeds.cache(Api::all(client.clone()), every()),
-        jobs: feeds.cache(Api::all(client.clone()), every()),
-        daemon_sets: feeds.cache(Api::all(client.clone()), every()),
-        stateful_sets: feeds.cache(Api::all(client.clone()), every()),
-        controller_revisions: feeds.cache(Api::all(client.clone()), every()),
-        cron_jobs: feeds.cache(Api::all(client.clone()), every()),
-        services: feeds.cache(Api::all(client.clone()), every()),
-        endpoints: feeds.cache(Api::all(client.clone()), every()),
-        endpoint_slices: feeds.cache(Api::all(client.clone()), every()),
-        namespaces: feeds.cache(Api::all(client.clone()), every()),
-        service_accounts: feeds.cache(Api::all(client.clone()), every()),
+        nodes: feeds.cache_all(&client),
+        leases: feeds.cache(
+            Api::namespaced(client.clone(), "kube-node-lease"),
+            watcher::Config::default(),
+        ),
+        pods: feeds.cache_all(&client),
+        replica_sets: feeds.cache_all(&client),
+        deployments: feeds.cache_all(&client),
+        jobs: feeds.cache_all(&client),
+        daemon_sets: feeds.cache_all(&client),
+        stateful_sets: feeds.cache_all(&client),
+        controller_revisions: feeds.cache_all(&client),
+        cron_jobs: feeds.cache_all(&client),
+        services: feeds.cache_all(&client),
+        endpoints: feeds.cache_all(&client),
+        endpoint_slices: feeds.cache_all(&client),
+        namespaces: feeds.cache_all(&client),
+        service_accounts: feeds.cache_all(&client),
         root_ca_maps: feeds.cache(
             Api::all(client.clone()),
-            every().fields(&format!(
+            watcher::Config::default().fields(&format!(
                 "metadata.name={}",
                 service_accounts::ROOT_CA_CONFIG_MAP
             )),
