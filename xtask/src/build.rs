@@ -24,19 +24,55 @@ pub fn image_dir() -> PathBuf {
     target_dir().join("cairn-image")
 }
 
+/// Variables `cargo run` sets for the program it runs (xtask), which a cargo started
+/// from xtask would otherwise inherit. Some build scripts (ring's) declare
+/// `rerun-if-env-changed` on `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`, and cargo compares
+/// its own environment: with xtask's values, ring and everything above it (rustls, kube,
+/// every workspace crate) rebuilt whenever cargo alternated between a shell and xtask,
+/// or the checkout moved.
+const CARGO_RUN_VARIABLES: [&str; 7] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "OUT_DIR",
+];
+
+/// A cargo command in the workspace, with the environment a shell would give it (see
+/// [`CARGO_RUN_VARIABLES`]).
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace_root());
+    for name in CARGO_RUN_VARIABLES {
+        command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("CARGO_PKG_")) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Runs cargo in the workspace with the given arguments; fails on a non-zero exit.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(cargo)
+    let status = cargo_command()
         .args(args)
-        .current_dir(workspace_root())
         .status()
         .context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Where the target's release binaries land.
+fn release_dir() -> PathBuf {
+    target_dir().join("x86_64-unknown-linux-gnu/release")
 }
 
 /// Builds the static release `cairn` and returns its path. The target and static
@@ -50,7 +86,12 @@ pub fn cairn_binary() -> anyhow::Result<PathBuf> {
         "--bin",
         "cairn",
     ])?;
-    let binary = target_dir().join("x86_64-unknown-linux-gnu/release/cairn");
+    built_cairn()
+}
+
+/// The `cairn` the last build left (checked to be static).
+fn built_cairn() -> anyhow::Result<PathBuf> {
+    let binary = release_dir().join("cairn");
     ensure_static(&binary)?;
     Ok(binary)
 }
@@ -117,8 +158,12 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 /// Builds the whole image and prints each artefact's size.
 pub fn image(with_iso: bool) -> anyhow::Result<Manifest> {
-    let built = cairn_binary()?;
-    let cairn = stripped(&built)?;
+    image_of(&cairn_binary()?, with_iso)
+}
+
+/// Builds the image around an already built `cairn` and prints each artefact's size.
+fn image_of(built: &Path, with_iso: bool) -> anyhow::Result<Manifest> {
+    let cairn = stripped(built)?;
     let spec = ImageSpec {
         cairn_binary: cairn.clone(),
         out_dir: image_dir(),
@@ -163,29 +208,33 @@ pub struct ClusterTools {
 }
 
 /// Builds the node image, the release `cairnctl` and the test image writer, and writes
-/// the test images to `<target>/<images>`.
+/// the test images to `<target>/<images>`. One cargo run builds the three binaries, so
+/// their dependencies are resolved, and built, once.
 pub fn cluster_tools(images: &str) -> anyhow::Result<ClusterTools> {
-    image(false)?;
     cargo(&[
         "build",
         "--release",
+        "--package",
+        "cairn-init",
         "--package",
         "cairnctl",
         "--package",
         "cairn-runtime",
         "--bin",
+        "cairn",
+        "--bin",
         "cairnctl",
         "--bin",
         "cairn-test-images",
     ])?;
-    let release = target_dir().join("x86_64-unknown-linux-gnu/release");
+    image_of(&built_cairn()?, false)?;
     let images = target_dir().join(images);
     checked(
-        Command::new(release.join("cairn-test-images")).arg(&images),
+        Command::new(release_dir().join("cairn-test-images")).arg(&images),
         "cairn-test-images",
     )?;
     Ok(ClusterTools {
-        cairnctl: release.join("cairnctl"),
+        cairnctl: release_dir().join("cairnctl"),
         images,
     })
 }
@@ -203,34 +252,32 @@ pub fn checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
 
 /// Builds the OCI test images (an OCI layout per image) under
 /// `<target>/cairn-test-images/` and returns that directory. The writer is a binary of
-/// the runtime's (it links libcontainer, which `cargo xtask` must not); it is built
-/// with the workspace's test build ([`build_tests`]) so it shares its artefacts
-/// instead of building the stack again with another feature set.
+/// the runtime's (it links libcontainer, which `cargo xtask` must not); it comes from
+/// the workspace's test build ([`build_tests`]), which shares its artefacts instead of
+/// building the stack again with another feature set.
 pub fn test_images() -> anyhow::Result<PathBuf> {
     build_tests()?;
     let dir = target_dir().join("cairn-test-images");
-    let writer = target_dir().join("x86_64-unknown-linux-gnu/release/cairn-test-images");
-    let status = Command::new(&writer)
-        .arg(&dir)
-        .status()
-        .with_context(|| format!("running {}", writer.display()))?;
-    if !status.success() {
-        bail!("building the OCI test images failed ({status})");
-    }
+    checked(
+        Command::new(release_dir().join("cairn-test-images")).arg(&dir),
+        "cairn-test-images (building the OCI test images)",
+    )?;
     Ok(dir)
 }
 
-/// Builds every test binary (and the binaries of packages with integration tests)
-/// of the workspace but the QEMU scenarios, as `cargo xtask test` runs them.
+/// Builds every test binary of the workspace, QEMU scenarios included, and the
+/// binaries of packages with integration tests (`cairn`, `cairn-test-images`), in one
+/// cargo run. Each set of selected packages resolves features on its own, so a second
+/// run for a subset (`--package qemu-tests`, `--bin cairn`) would build the
+/// dependencies above the differing features, and the workspace, again.
 pub fn build_tests() -> anyhow::Result<()> {
-    cargo(&[
-        "test",
-        "--release",
-        "--workspace",
-        "--exclude",
-        "qemu-tests",
-        "--no-run",
-    ])
+    cargo(&["test", "--release", "--workspace", "--no-run"])
+}
+
+/// The image around the `cairn` of the test build ([`build_tests`]): the binary the
+/// host tests ran is the one the QEMU scenarios boot.
+pub fn tested_image() -> anyhow::Result<Manifest> {
+    image_of(&built_cairn()?, true)
 }
 
 #[cfg(test)]

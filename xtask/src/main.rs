@@ -51,9 +51,10 @@ enum Task {
         /// Do not try to install missing packages.
         #[arg(long)]
         no_install: bool,
-        /// Run only the QEMU scenarios whose name contains this.
+        /// Run only the tests whose name contains this, in every tier (a QEMU
+        /// scenario's name picks it alone).
         #[arg(long)]
-        qemu_filter: Option<String>,
+        filter: Option<String>,
     },
     /// Benchmarks (not tests): print figures against goals and same-run anchors.
     #[command(disable_help_flag = true)]
@@ -83,10 +84,7 @@ fn main() -> anyhow::Result<()> {
             control_planes,
             workers,
         } => demo::run(&name, control_planes, workers),
-        Task::Test {
-            no_install,
-            qemu_filter,
-        } => test::run(!no_install, qemu_filter.as_deref()),
+        Task::Test { no_install, filter } => test::run(!no_install, filter.as_deref()),
         Task::Bench { args } => bench(&args),
         Task::Deps => deps::ensure().and_then(|()| {
             let venv = deps::ensure_python_clients()?;

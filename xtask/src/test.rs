@@ -4,8 +4,10 @@
 
 use crate::{build, deps};
 
-/// Runs every tier; the first failing tier stops the run.
-pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
+/// Runs the lint gates, then every test tier in one cargo run (see
+/// [`build::build_tests`] for why one); `filter` keeps only the tests whose name
+/// contains it, in every tier.
+pub fn run(install: bool, filter: Option<&str>) -> anyhow::Result<()> {
     if install {
         deps::ensure()?;
         deps::ensure_python_clients()?;
@@ -19,56 +21,46 @@ pub fn run(install: bool, qemu_filter: Option<&str>) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Every test binary, and the OCI images the runtime and QEMU tiers import.
     build::test_images()?;
-    // Unit, in-process and host tests; `--include-ignored` runs the ones marked as
-    // needing root, which this recipe has.
-    build::cargo(&[
+    build::tested_image()?;
+    // Packages run in name order: unit, in-process and host tests of the `cairn-*`
+    // crates, then `qemu-tests`. `--include-ignored` runs the tests marked as needing
+    // root, kubectl or QEMU, which this recipe provides.
+    let mut args = vec![
         "test",
         "--release",
         "--no-fail-fast",
         "--workspace",
-        "--exclude",
-        "qemu-tests",
         "--",
         "--include-ignored",
-    ])?;
-    build::image(true)?;
-    let mut qemu = vec![
-        "test",
-        "--release",
-        "--no-fail-fast",
-        "--package",
-        "qemu-tests",
-        "--",
-        "--include-ignored",
-        // Two booting VMs keep both cores busy; more only slows each down.
+        // Two booting VMs keep both cores busy; more only slows each down. (It is also
+        // the default of the other tiers on CI's two cores.)
         "--test-threads=2",
     ];
-    if let Some(filter) = qemu_filter {
-        qemu.push(filter);
+    if let Some(filter) = filter {
+        args.push(filter);
     }
-    build::cargo(&qemu)?;
+    build::cargo(&args)?;
     eprintln!("xtask: all test tiers passed");
     Ok(())
 }
 
 /// Runs the store's multi-process fault test for `rounds` rounds of its schedule.
 pub fn store_faults(rounds: u32) -> anyhow::Result<()> {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "test",
-                "--release",
-                "--package",
-                "cairn-store",
-                "--test",
-                "fault",
-                "--",
-                "--nocapture",
-            ])
-            .env("CAIRN_STORE_FAULT_ROUNDS", rounds.to_string())
-            .current_dir(build::workspace_root())
-            .status()?;
+    let status = build::cargo_command()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "cairn-store",
+            "--test",
+            "fault",
+            "--",
+            "--nocapture",
+        ])
+        .env("CAIRN_STORE_FAULT_ROUNDS", rounds.to_string())
+        .status()?;
     if !status.success() {
         anyhow::bail!("the store fault test failed ({status})");
     }
