@@ -175,6 +175,10 @@ async fn run_read_barrier(
 
 /// How long a confirmed leader waits to apply its own log before a read gives up.
 const READ_CATCH_UP: Duration = Duration::from_secs(5);
+/// How long a linearizable read keeps asking a quorum to confirm the leader.
+const READ_QUORUM_PATIENCE: Duration = Duration::from_secs(3);
+/// The pause between those rounds.
+const READ_QUORUM_RETRY: Duration = Duration::from_millis(100);
 
 /// Waits until this leader has applied every entry in its log, after a leadership
 /// check succeeded.
@@ -471,14 +475,26 @@ impl StoreNode {
                 linearizable,
             } => {
                 if *linearizable {
-                    match self.confirm_leadership().await {
-                        Ok(()) => {}
-                        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
-                            return self
-                                .to_leader(to.leader_id, to.leader_node, request, may_forward)
-                                .await;
+                    // A round of heartbeats a loaded peer answers late (TCG VMs) is
+                    // no reason to fail a read: ask again for a while. A read is
+                    // safe to repeat; a deposed leader is told where to go instead.
+                    let patience = tokio::time::Instant::now() + READ_QUORUM_PATIENCE;
+                    loop {
+                        match self.confirm_leadership().await {
+                            Ok(()) => break,
+                            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                                return self
+                                    .to_leader(to.leader_id, to.leader_node, request, may_forward)
+                                    .await;
+                            }
+                            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(why)))
+                                if tokio::time::Instant::now() < patience =>
+                            {
+                                debug!(%why, "no quorum confirmed this read yet; asking again");
+                                tokio::time::sleep(READ_QUORUM_RETRY).await;
+                            }
+                            Err(err) => return Err(ClientError::NoLeader(err.to_string())),
                         }
-                        Err(err) => return Err(ClientError::NoLeader(err.to_string())),
                     }
                 }
                 Ok(ClientReply::Read(self.state.reader().range(range)?))
