@@ -178,6 +178,12 @@ pub enum Command {
         /// Prefix lines with their times.
         #[arg(long)]
         timestamps: bool,
+        /// Only what the last this many seconds wrote.
+        #[arg(long)]
+        since_seconds: Option<u64>,
+        /// At most this many bytes.
+        #[arg(long)]
+        limit_bytes: Option<u64>,
     },
 }
 

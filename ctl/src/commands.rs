@@ -127,6 +127,8 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
             tail,
             previous,
             timestamps,
+            since_seconds,
+            limit_bytes,
         } => {
             let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
             let (_, container) = locate_pod(&clients, namespace, name, container).await?;
@@ -134,8 +136,14 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<bool> {
                 "{}/{namespace}/{name}/containers/{container}/logs?follow={follow}&previous={previous}&timestamps={timestamps}",
                 paths::PODS
             );
-            if let Some(tail) = tail {
-                path.push_str(&format!("&tail={tail}"));
+            for (key, value) in [
+                ("tail", tail.map(|t| t as u64)),
+                ("sinceSeconds", since_seconds),
+                ("limitBytes", limit_bytes),
+            ] {
+                if let Some(value) = value {
+                    path.push_str(&format!("&{key}={value}"));
+                }
             }
             streams(&clients, &path).await
         }

@@ -143,6 +143,40 @@ struct LogQuery {
     previous: bool,
     #[serde(default)]
     timestamps: bool,
+    /// Only what the last this many seconds wrote, by this node's clock.
+    #[serde(default, rename = "sinceSeconds")]
+    since_seconds: Option<u64>,
+    /// Only what was written at or after this RFC 3339 time.
+    #[serde(default, rename = "sinceTime")]
+    since_time: Option<String>,
+    /// At most this many bytes.
+    #[serde(default, rename = "limitBytes")]
+    limit_bytes: Option<u64>,
+}
+
+impl LogQuery {
+    /// The earliest record to show, or a message naming the parameter that is wrong.
+    fn since(&self) -> Result<Option<time::OffsetDateTime>, String> {
+        match (&self.since_time, self.since_seconds) {
+            (Some(_), Some(_)) => {
+                Err("at most one of sinceTime or sinceSeconds may be specified".into())
+            }
+            (Some(text), None) => {
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map(Some)
+                    .map_err(|err| format!("sinceTime: {text:?} is not an RFC 3339 time: {err}"))
+            }
+            (None, Some(seconds)) => {
+                let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+                let now = time::OffsetDateTime::now_utc();
+                Ok(Some(
+                    now.checked_sub(time::Duration::seconds(seconds))
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                ))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 async fn container_log(
@@ -161,11 +195,17 @@ async fn container_log(
     if let Err(err) = runtime.log_path(&pod.uid, &container, query.previous) {
         return error_response(StatusCode::NOT_FOUND, err.to_string(), Vec::new());
     }
+    let since = match query.since() {
+        Ok(since) => since,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, message, Vec::new()),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let options = ReadOptions {
         tail: query.tail,
         follow: query.follow,
         timestamps: query.timestamps,
+        since,
+        limit_bytes: query.limit_bytes,
     };
     tokio::task::spawn_blocking(move || {
         let closed = tx.clone();

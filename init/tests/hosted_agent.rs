@@ -303,6 +303,14 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         assert_eq!((code, out.as_str()), (0, "serving\n"), "{err}");
         let (code, out, err) = kubectl(&["logs", "once", "--tail=1"], "");
         assert_eq!((code, out.as_str()), (0, "done\n"), "{err}");
+        let (code, out, err) = kubectl(&["logs", "once", "--limit-bytes=2"], "");
+        assert_eq!((code, out.as_str()), (0, "do"), "{err}");
+        let (code, out, err) = kubectl(&["logs", "once", "--since=1h"], "");
+        assert_eq!((code, out.as_str()), (0, "done\n"), "{err}");
+        // Written before this time: nothing to show.
+        let later = "2100-01-01T00:00:00Z";
+        let (code, out, err) = kubectl(&["logs", "once", &format!("--since-time={later}")], "");
+        assert_eq!((code, out.as_str()), (0, ""), "{err}");
         // Following a container that has exited ends with its log.
         let (code, out, err) = kubectl(&["logs", "-f", "once"], "");
         assert!(code == 0 && out.ends_with("done\n"), "{code} {out:?} {err}");
@@ -338,6 +346,42 @@ async fn drive(secrets: &cairn_api::bundle::Secrets, machine_api: &str, kube_api
         )
         .unwrap();
         assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+
+        // A readiness probe that always fails: one Unhealthy event, its count growing
+        // with each failed attempt (the same event again adds to it).
+        let mut sick = pod("sick", "exec sleep 600", "Always");
+        sick.spec.as_mut().unwrap().containers[0].readiness_probe = Some(
+            serde_json::from_value(serde_json::json!({
+                "exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1
+            }))
+            .unwrap(),
+        );
+        pods.create(&PostParams::default(), &sick).await.unwrap();
+        let unhealthy = until("sick's Unhealthy event counted twice", || async {
+            let listed = events.list(&Default::default()).await.ok()?;
+            let told: Vec<_> = listed
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.involved_object.name.as_deref() == Some("sick")
+                        && e.reason.as_deref() == Some("Unhealthy")
+                })
+                .collect();
+            told.iter()
+                .any(|e| e.count.unwrap_or(0) >= 2)
+                .then_some(told)
+        })
+        .await;
+        assert_eq!(unhealthy.len(), 1, "{unhealthy:?}");
+        let told = &unhealthy[0];
+        assert_eq!(told.type_.as_deref(), Some("Warning"));
+        assert!(
+            told.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Readiness probe failed: ")),
+            "{told:?}"
+        );
+        pods.delete("sick", &DeleteParams::default()).await.unwrap();
 
         // Deleting web: it is stopped (its TERM trap exits at once, well inside the
         // grace period), leaves the node, and then the API.

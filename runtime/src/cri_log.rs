@@ -156,6 +156,12 @@ pub struct ReadOptions {
     pub follow: bool,
     /// Prefix each line with its time (`kubectl logs --timestamps`).
     pub timestamps: bool,
+    /// Only what was written at or after this time (`kubectl logs --since`,
+    /// `--since-time`). Applied after `tail`, as the kubelet does.
+    pub since: Option<OffsetDateTime>,
+    /// Stop after this many bytes of output (`kubectl logs --limit-bytes`), cutting
+    /// the last line if it must.
+    pub limit_bytes: Option<u64>,
 }
 
 /// Reads the log at `path` as `kubectl logs` shows it (partial records joined, a
@@ -181,7 +187,11 @@ pub fn read_log(
     let mut line = Vec::new();
     let mut number = 0u64;
     let mut at_line_start = true;
+    let mut room = options.limit_bytes.unwrap_or(u64::MAX);
     loop {
+        if room == 0 {
+            return Ok(());
+        }
         let position = reader.stream_position().map_err(io_err)?;
         line.clear();
         let read = reader.read_until(b'\n', &mut line).map_err(io_err)?;
@@ -211,6 +221,10 @@ pub fn read_log(
             path: path.to_owned(),
             line: number,
         })?;
+        if options.since.is_some_and(|since| record.time < since) {
+            at_line_start = record.full;
+            continue;
+        }
         let mut chunk = Vec::with_capacity(record.content.len() + 40);
         if options.timestamps && at_line_start {
             chunk.extend_from_slice(record.time.format(&Rfc3339).unwrap_or_default().as_bytes());
@@ -221,7 +235,9 @@ pub fn read_log(
             chunk.push(b'\n');
         }
         at_line_start = record.full;
-        if out(&chunk).is_err() {
+        let allowed = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+        room -= allowed as u64;
+        if out(&chunk[..allowed]).is_err() {
             return Ok(());
         }
     }
@@ -340,6 +356,34 @@ mod tests {
                 .all(|l| l.split_once(' ').is_some_and(|(t, _)| t.ends_with('Z'))),
             "{text}"
         );
+    }
+
+    #[test]
+    fn since_skips_older_records_and_limit_bytes_cuts_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let old = "2026-12-07T10:00:00.000000000Z stdout F old\n";
+        let new = "2026-12-07T10:00:05.000000000Z stdout F new\n";
+        let newer = "2026-12-07T10:00:09.000000000Z stdout F newer\n";
+        std::fs::write(&path, format!("{old}{new}{newer}")).unwrap();
+        let at = |text: &str| OffsetDateTime::parse(text, &Rfc3339).unwrap();
+        let since = ReadOptions {
+            since: Some(at("2026-12-07T10:00:05Z")),
+            ..ReadOptions::default()
+        };
+        assert_eq!(read_all(&path, &since), "new\nnewer\n");
+        let limited = ReadOptions {
+            limit_bytes: Some(6),
+            ..ReadOptions::default()
+        };
+        assert_eq!(read_all(&path, &limited), "old\nne");
+        // Tail first, then since: the last two lines, of which one is recent enough.
+        let both = ReadOptions {
+            tail: Some(2),
+            since: Some(at("2026-12-07T10:00:06Z")),
+            ..ReadOptions::default()
+        };
+        assert_eq!(read_all(&path, &both), "newer\n");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::error::ApiError;
+use crate::meta;
 use crate::registry::Kind;
 use crate::request::Query;
 use crate::server::ApiState;
@@ -190,13 +191,6 @@ pub async fn logs(
     name: &str,
     query: &Query,
 ) -> Result<Response, ApiError> {
-    for unsupported in ["sinceSeconds", "sinceTime", "limitBytes"] {
-        if query.get(unsupported).is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::BadRequest(format!(
-                "the log option {unsupported} is not supported by this server"
-            )));
-        }
-    }
     let follow = query.flag("follow")?;
     let previous = query.flag("previous")?;
     let timestamps = query.flag("timestamps")?;
@@ -206,6 +200,30 @@ pub async fn logs(
             "tailLines: must be greater than or equal to 0".into(),
         ));
     }
+    let positive = |key: &str| -> Result<Option<i64>, ApiError> {
+        let value = query.number(key)?;
+        if value.is_some_and(|v| v < 1) {
+            return Err(ApiError::BadRequest(format!(
+                "{key}: must be greater than 0"
+            )));
+        }
+        Ok(value)
+    };
+    let since_seconds = positive("sinceSeconds")?;
+    let limit_bytes = positive("limitBytes")?;
+    let since_time = query.get("sinceTime").filter(|t| !t.is_empty());
+    if since_time.is_some() && since_seconds.is_some() {
+        return Err(ApiError::BadRequest(
+            "at most one of sinceTime or sinceSeconds may be specified".into(),
+        ));
+    }
+    if let Some(text) = since_time
+        && meta::parse_time(text).is_none()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "sinceTime: {text:?} is not an RFC 3339 time"
+        )));
+    }
     let located = locate(state, namespace, name, query).await?;
     let node_query = {
         let mut query = form_urlencoded::Serializer::new(String::new());
@@ -214,6 +232,16 @@ pub async fn logs(
         query.append_pair("timestamps", bool_text(timestamps));
         if let Some(tail) = tail {
             query.append_pair("tail", &tail.to_string());
+        }
+        // The node applies `sinceSeconds` by its own clock, which wrote the times.
+        if let Some(seconds) = since_seconds {
+            query.append_pair("sinceSeconds", &seconds.to_string());
+        }
+        if let Some(time) = since_time {
+            query.append_pair("sinceTime", time);
+        }
+        if let Some(limit) = limit_bytes {
+            query.append_pair("limitBytes", &limit.to_string());
         }
         query.finish()
     };
