@@ -169,6 +169,19 @@ pub struct PodRuntimeStatus {
     pub stopping: bool,
     /// Its address on the pod network (`status.podIP`), once it has one.
     pub pod_ip: Option<String>,
+    /// The containers whose probes have failed, for the kubelet's `Unhealthy` events.
+    pub probe_failures: Vec<ProbeFailures>,
+}
+
+/// The failed probe attempts of one container so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailures {
+    /// The container.
+    pub container: String,
+    /// Failed attempts of any of its probes, across its instances.
+    pub count: u32,
+    /// The last one, as the kubelet words it (`Readiness probe failed: …`).
+    pub last: String,
 }
 
 /// One Kubernetes container of the pod, across its instances.
@@ -177,6 +190,8 @@ struct Tracked {
     status: ContainerStatus,
     /// Whether no further start will happen (ended under its restart policy).
     settled: bool,
+    /// Failed probe attempts so far, and the last one's message.
+    probe_failures: Option<(u32, String)>,
 }
 
 /// The mutable part of a pod.
@@ -323,6 +338,7 @@ impl Pod {
                         ..ContainerStatus::default()
                     },
                     settled: false,
+                    probe_failures: None,
                 },
             );
         }
@@ -354,6 +370,16 @@ impl Pod {
         if let Some(tracked) = self.lock().containers.get_mut(name) {
             change(tracked);
         }
+    }
+
+    /// Notes a failed attempt of one of the container `name`'s probes (`kind`:
+    /// `Liveness`, `Readiness`, `Startup`).
+    fn probe_failed(&self, name: &str, kind: &str, error: &str) {
+        let last = format!("{kind} probe failed: {error}");
+        self.update(name, |t| {
+            let count = t.probe_failures.as_ref().map_or(0, |(count, _)| *count);
+            t.probe_failures = Some((count.saturating_add(1), last));
+        });
     }
 
     /// Asks the pod to stop, giving its containers `grace` (or the pod's
@@ -410,6 +436,18 @@ impl Pod {
                 .unwrap_or_default(),
         );
         let apps = pick(&self.record.spec.containers);
+        let probe_failures = state
+            .containers
+            .iter()
+            .filter_map(|(name, tracked)| {
+                let (count, last) = tracked.probe_failures.clone()?;
+                Some(ProbeFailures {
+                    container: name.clone(),
+                    count,
+                    last,
+                })
+            })
+            .collect();
         PodRuntimeStatus {
             phase: state.phase,
             message: state.message.clone(),
@@ -419,6 +457,7 @@ impl Pod {
             initialized: state.initialized,
             stopping: self.stopping(),
             pod_ip: state.pod_ip.clone(),
+            probe_failures,
         }
     }
 
@@ -1527,7 +1566,11 @@ async fn run_probes(
         let mut verdicts = Verdicts::new(timing);
         loop {
             let result = probes::run_once(startup, &container, &target).await;
-            match verdicts.record(result.is_ok()) {
+            let passed = result.is_ok();
+            if let Err(error) = &result {
+                pod.probe_failed(&name, "Startup", error);
+            }
+            match verdicts.record(passed) {
                 Some(true) => break,
                 Some(false) => {
                     let reason =
@@ -1547,13 +1590,21 @@ async fn run_probes(
     }
     let mut tasks = Vec::new();
     if let Some(liveness) = container.liveness_probe.clone() {
-        let (container, target, kill) = (container.clone(), target.clone(), kill.clone());
+        let (pod, container, target, kill) = (
+            Arc::clone(&pod),
+            container.clone(),
+            target.clone(),
+            kill.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let timing = Timing::of(&liveness);
             tokio::time::sleep(timing.initial_delay).await;
             let mut verdicts = Verdicts::new(timing);
             loop {
                 let result = probes::run_once(&liveness, &container, &target).await;
+                if let Err(error) = &result {
+                    pod.probe_failed(&container.name, "Liveness", error);
+                }
                 if verdicts.record(result.is_ok()) == Some(false) {
                     let reason = format!(
                         "Liveness probe failed: {}",
@@ -1574,6 +1625,9 @@ async fn run_probes(
             let mut verdicts = Verdicts::new(timing);
             loop {
                 let result = probes::run_once(&readiness, &container, &target).await;
+                if let Err(error) = &result {
+                    pod.probe_failed(&container.name, "Readiness", error);
+                }
                 if let Some(ready) = verdicts.record(result.is_ok()) {
                     if !ready {
                         tracing::info!(container = %container.name, error = ?result.err(), "readiness probe failed");

@@ -487,7 +487,18 @@ async fn probes_flip_readiness_and_a_failed_liveness_probe_restarts() {
         (!container(&node.status(&uid), "web").ready).then_some(())
     })
     .await;
-    assert!(node.status(&uid).container_statuses[0].restart_count == 0);
+    let status = node.status(&uid);
+    assert!(status.container_statuses[0].restart_count == 0);
+    // Each failed attempt is counted, with the kubelet's words, for `Unhealthy` events.
+    let failures = status
+        .probe_failures
+        .iter()
+        .find(|f| f.container == "web")
+        .expect("web's probe failures");
+    assert!(
+        failures.count >= 1 && failures.last.starts_with("Readiness probe failed: "),
+        "{failures:?}"
+    );
     assert_eq!(
         exec_code(&node, &uid, "web", &["rm", "/www/index.html"]).await,
         0

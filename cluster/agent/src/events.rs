@@ -1,14 +1,16 @@
 //! The events the kubelet records on a pod, as `kubectl describe pod` lists them
 //! (`Pulling`, `Pulled`, `Created`, `Started`, `BackOff`, `Failed`, `Killing`, and
 //! `FailedMount`, `NetworkNotReady` or `FailedCreatePodSandBox` while the pod cannot be
-//! set up), derived
-//! from the change between two reported statuses. Pure, so the mapping is unit-tested;
-//! [`record`] sends them, best effort.
+//! set up), derived from the change between two reported statuses, and `Unhealthy`
+//! from the runtime's count of failed probe attempts. Pure, so the mapping is
+//! unit-tested; [`record`] sends them, best effort.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodStatus};
 
 use cairn_events::{Involved, Reporter};
-use cairn_runtime::pod::{MOUNT_FAILED, NETWORK_NOT_READY};
+use cairn_runtime::pod::{MOUNT_FAILED, NETWORK_NOT_READY, ProbeFailures};
 
 /// The component name the kubelet's events carry.
 const COMPONENT: &str = "kubelet";
@@ -167,6 +169,20 @@ fn setup_failure_event(message: &str) -> PodEvent {
     }
 }
 
+/// The `Unhealthy` events for probe attempts that failed since the counts in `told`
+/// (by container; updated to the new counts): one per container whose count grew,
+/// with its last failure's message. Repeats of one message add to one event's count.
+pub fn unhealthy(told: &mut BTreeMap<String, u32>, failures: &[ProbeFailures]) -> Vec<PodEvent> {
+    let mut events = Vec::new();
+    for failure in failures {
+        let before = told.insert(failure.container.clone(), failure.count);
+        if before.is_none_or(|count| count < failure.count) {
+            events.push(PodEvent::warning("Unhealthy", failure.last.clone()));
+        }
+    }
+    events
+}
+
 /// The `Killing` events of a pod being stopped: one per container that runs.
 pub fn killing(pod: &Pod) -> Vec<PodEvent> {
     pod.status
@@ -226,6 +242,28 @@ mod tests {
 
     fn reasons(events: &[PodEvent]) -> Vec<&str> {
         events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn each_new_probe_failure_is_told_once_as_unhealthy() {
+        let failed = |count, last: &str| {
+            vec![ProbeFailures {
+                container: "web".into(),
+                count,
+                last: last.into(),
+            }]
+        };
+        let mut told = BTreeMap::new();
+        assert!(unhealthy(&mut told, &[]).is_empty());
+        let first = unhealthy(&mut told, &failed(1, "Readiness probe failed: exit 1"));
+        assert_eq!(reasons(&first), ["Unhealthy"]);
+        assert_eq!(first[0].kind, "Warning");
+        assert_eq!(first[0].message, "Readiness probe failed: exit 1");
+        // Nothing new: nothing told.
+        assert!(unhealthy(&mut told, &failed(1, "Readiness probe failed: exit 1")).is_empty());
+        let later = unhealthy(&mut told, &failed(3, "Liveness probe failed: refused"));
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].message, "Liveness probe failed: refused");
     }
 
     #[test]

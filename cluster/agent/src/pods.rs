@@ -11,7 +11,7 @@
 //!
 //! Static pods (the machine config's, run by the node itself) are not the agent's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ struct PodSync {
     cache: Store<Pod>,
     /// The status last written for each pod, by uid (the cache may lag behind it).
     reported: HashMap<String, PodStatus>,
+    /// The failed probe attempts told in `Unhealthy` events, by pod uid and container.
+    probes_told: HashMap<String, BTreeMap<String, u32>>,
     /// Pods whose sources are being read before they start, by uid.
     starting: HashMap<String, JoinHandle<Result<(), String>>>,
     /// When each pod whose start failed may be tried again.
@@ -89,6 +91,7 @@ pub async fn sync(
         settings,
         cache,
         reported: HashMap::new(),
+        probes_told: HashMap::new(),
         starting: HashMap::new(),
         retry_at: HashMap::new(),
         terminating: HashMap::new(),
@@ -151,6 +154,7 @@ impl PodSync {
             if pod.metadata.deletion_timestamp.is_some() {
                 self.terminate(&uid, Some(pod));
             } else if let Some(runtime_status) = self.runtime.pod_status(&uid) {
+                self.tell_probe_failures(pod, &uid, &runtime_status);
                 reports.extend(self.report(pod, &uid, &runtime_status));
             } else if !finished(pod) {
                 self.start(pod, &uid);
@@ -164,6 +168,7 @@ impl PodSync {
             }
         }
         self.reported.retain(|uid, _| bound.contains(uid));
+        self.probes_told.retain(|uid, _| bound.contains(uid));
         self.retry_at.retain(|uid, _| bound.contains(uid));
         for identity in self.runtime.list_pods() {
             if !bound.contains(&identity.uid)
@@ -242,6 +247,42 @@ impl PodSync {
             .instrument(span),
         );
         self.starting.insert(uid.to_owned(), task);
+    }
+
+    /// Records an `Unhealthy` event for each container of `pod` whose probes failed
+    /// since the last pass, in the background. (An agent that restarts tells the last
+    /// failure of each container once more.)
+    fn tell_probe_failures(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        runtime_status: &cairn_runtime::pod::PodRuntimeStatus,
+    ) {
+        if runtime_status.probe_failures.is_empty() {
+            return;
+        }
+        let told = self.probes_told.entry(uid.to_owned()).or_default();
+        let events = events::unhealthy(told, &runtime_status.probe_failures);
+        let Some(name) = pod.metadata.name.clone() else {
+            return;
+        };
+        if events.is_empty() {
+            return;
+        }
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let (client, node, uid) = (
+            self.client.clone(),
+            self.settings.node.clone(),
+            uid.to_owned(),
+        );
+        tokio::spawn(async move {
+            let pod = (namespace.as_str(), name.as_str(), uid.as_str());
+            events::record(&client, &node, pod, events).await;
+        });
     }
 
     /// The write of `pod`'s status, when what the runtime says differs from what was

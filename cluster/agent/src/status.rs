@@ -182,6 +182,7 @@ mod tests {
             containers_ready: ready,
             stopping: false,
             pod_ip: Some("10.244.0.5".into()),
+            probe_failures: vec![],
         }
     }
 
