@@ -87,15 +87,46 @@ pub struct TokenClaims {
     pub uid: String,
     /// Expiry (Unix seconds).
     pub expires: i64,
-    /// The pod the token is bound to (`None`: bound to nothing): it is valid only while
-    /// that pod exists and is not past its deletion.
-    pub pod: Option<BoundPod>,
+    /// The object the token is bound to (`None`: bound to nothing): it is valid only
+    /// while that object exists and is not past its deletion.
+    pub bound: Option<BoundObject>,
 }
 
-/// The pod a token is bound to, as its `kubernetes.io.pod` claim names it.
+/// What a token can be bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKind {
+    /// A pod: its mounted credentials, or `kubectl create token --bound-object-kind=Pod`.
+    Pod,
+    /// A Secret: a `kubernetes.io/service-account-token` Secret's token, or one a
+    /// TokenRequest binds to a Secret.
+    Secret,
+}
+
+impl BoundKind {
+    /// The kind's name (`Pod`), as `boundObjectRef.kind` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoundKind::Pod => "Pod",
+            BoundKind::Secret => "Secret",
+        }
+    }
+
+    /// Its key under the token's `kubernetes.io` claim.
+    fn claim(self) -> &'static str {
+        match self {
+            BoundKind::Pod => "pod",
+            BoundKind::Secret => "secret",
+        }
+    }
+}
+
+/// The object a token is bound to, as its `kubernetes.io.pod` (or `.secret`) claim
+/// names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BoundPod {
-    /// The pod's name (in the ServiceAccount's namespace).
+pub struct BoundObject {
+    /// Its kind.
+    pub kind: BoundKind,
+    /// Its name (in the ServiceAccount's namespace).
     pub name: String,
     /// Its uid.
     pub uid: String,
@@ -180,8 +211,9 @@ impl Tokens {
                 "serviceaccount": {"name": claims.name, "uid": claims.uid},
             },
         });
-        if let Some(pod) = &claims.pod {
-            body["kubernetes.io"]["pod"] = json!({"name": pod.name, "uid": pod.uid});
+        if let Some(bound) = &claims.bound {
+            body["kubernetes.io"][bound.kind.claim()] =
+                json!({"name": bound.name, "uid": bound.uid});
         }
         let signing_input = format!(
             "{}.{}",
@@ -229,18 +261,26 @@ impl Tokens {
             return None;
         }
         let k = &claims["kubernetes.io"];
+        let mut bound = None;
+        for kind in [BoundKind::Pod, BoundKind::Secret] {
+            if let Some(object) = k.get(kind.claim()) {
+                // A token names one object at most; two would be a forgery's doing.
+                if bound.is_some() {
+                    return None;
+                }
+                bound = Some(BoundObject {
+                    kind,
+                    name: object["name"].as_str()?.to_owned(),
+                    uid: object["uid"].as_str()?.to_owned(),
+                });
+            }
+        }
         Some(TokenClaims {
             namespace: k["namespace"].as_str()?.to_owned(),
             name: k.pointer("/serviceaccount/name")?.as_str()?.to_owned(),
             uid: k.pointer("/serviceaccount/uid")?.as_str()?.to_owned(),
             expires,
-            pod: match k.get("pod") {
-                None => None,
-                Some(pod) => Some(BoundPod {
-                    name: pod["name"].as_str()?.to_owned(),
-                    uid: pod["uid"].as_str()?.to_owned(),
-                }),
-            },
+            bound,
         })
     }
 }
@@ -263,7 +303,7 @@ mod tests {
             name: "robot".into(),
             uid: "u1".into(),
             expires: later,
-            pod: None,
+            bound: None,
         };
         let token = tokens.issue(&claims, &[]).unwrap();
         assert_eq!(tokens.verify(&token), Some(claims.clone()));
@@ -284,14 +324,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tokens.verify(&expired), None);
-        let bound = TokenClaims {
-            pod: Some(BoundPod {
-                name: "web-0".into(),
-                uid: "p1".into(),
-            }),
-            ..claims
-        };
-        let token = tokens.issue(&bound, &[]).unwrap();
-        assert_eq!(tokens.verify(&token), Some(bound), "the pod claim survives");
+        for kind in [BoundKind::Pod, BoundKind::Secret] {
+            let bound = TokenClaims {
+                bound: Some(BoundObject {
+                    kind,
+                    name: "web-0".into(),
+                    uid: "p1".into(),
+                }),
+                ..claims.clone()
+            };
+            let token = tokens.issue(&bound, &[]).unwrap();
+            assert_eq!(
+                tokens.verify(&token),
+                Some(bound),
+                "the {kind:?} claim survives"
+            );
+        }
     }
 }

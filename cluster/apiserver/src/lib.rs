@@ -142,6 +142,7 @@ impl ApiServer {
             hubs: Arc::new(Hubs::default()),
             authorizer: Arc::new(Authorizer::default()),
             tokens,
+            ca_cert: config.ca_cert.clone(),
             openapi: openapi::OpenApi::default(),
             rbac_changed: Arc::new(Notify::new()),
             crds_changed: Arc::new(Notify::new()),

@@ -772,7 +772,7 @@ mod tests {
             name: "bot".into(),
             uid: "u".into(),
             expires: 0,
-            pod: None,
+            bound: None,
         }
         .user();
         assert!(policy.allows(&bot, &get("configmaps", Some("team"))));

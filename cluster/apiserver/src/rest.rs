@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::auth::User;
+use crate::auth::{BoundKind, BoundObject, User};
 use crate::codec::FieldValidation;
 use crate::error::{ApiError, FieldError};
 use crate::kinds::{self, Deletion};
@@ -620,6 +620,9 @@ impl Call<'_> {
                 );
             }
             kinds::on_create(&self.resource, &mut candidate);
+            if matches!(self.resource.builtin, Some(Kind::Secret)) {
+                self.fill_account_token(&mut candidate).await?;
+            }
             managed::record_update(&self.resource, None, &mut candidate, &manager, None);
             let name = meta::name_of(&candidate).to_owned();
             let problems = kinds::validate(&self.resource, &candidate, None);
@@ -1746,8 +1749,9 @@ impl Call<'_> {
             ));
         }
         let seconds = seconds.min(48 * 3600);
-        let pod = self.bound_pod(&name, body).await?;
-        let valid_for = if pod.is_some() && seconds == service_accounts::TOKEN_SECONDS {
+        let bound = self.bound_object(&name, body).await?;
+        let for_a_pod = bound.as_ref().is_some_and(|b| b.kind == BoundKind::Pod);
+        let valid_for = if for_a_pod && seconds == service_accounts::TOKEN_SECONDS {
             service_accounts::EXTENDED_TOKEN_SECONDS
         } else {
             seconds
@@ -1770,7 +1774,7 @@ impl Call<'_> {
                 .unwrap_or("")
                 .to_owned(),
             expires: now + valid_for,
-            pod: pod.clone(),
+            bound: bound.clone(),
         };
         let token = tokens.issue(&claims, &audiences)?;
         let stamp = time::OffsetDateTime::from_unix_timestamp(expires)
@@ -1787,21 +1791,22 @@ impl Call<'_> {
             "spec": {
                 "audiences": if audiences.is_empty() { vec![crate::auth::TOKEN_ISSUER.to_owned()] } else { audiences },
                 "expirationSeconds": seconds,
-                "boundObjectRef": pod.map(|p| json!({"kind": "Pod", "apiVersion": "v1", "name": p.name, "uid": p.uid})),
+                "boundObjectRef": bound.map(|b| json!({"kind": b.kind.as_str(), "apiVersion": "v1", "name": b.name, "uid": b.uid})),
             },
             "status": {"token": token, "expirationTimestamp": stamp},
         });
         Ok(json_response(StatusCode::CREATED, &answer, &[]))
     }
 
-    /// The pod a TokenRequest for `account` binds its token to (`spec.boundObjectRef`,
-    /// `None` when it names none): it must exist in the account's namespace, with the
-    /// uid the reference gives if it gives one. Only pods can be bound to.
-    async fn bound_pod(
+    /// The object a TokenRequest for `account` binds its token to
+    /// (`spec.boundObjectRef`, `None` when it names none): a pod or a Secret, which must
+    /// exist in the account's namespace, with the uid the reference gives if it gives
+    /// one.
+    async fn bound_object(
         &self,
         account: &str,
         body: &Value,
-    ) -> Result<Option<crate::auth::BoundPod>, ApiError> {
+    ) -> Result<Option<BoundObject>, ApiError> {
         let Some(reference) = body
             .pointer("/spec/boundObjectRef")
             .filter(|r| !r.is_null())
@@ -1809,45 +1814,130 @@ impl Call<'_> {
             return Ok(None);
         };
         let kind = &reference["kind"];
-        if kind != "Pod" {
-            return Err(invalid_token_request(
-                account,
-                "spec.boundObjectRef.kind",
-                kind,
-                "supported values: \"Pod\"",
-            ));
-        }
+        let (bound_kind, registry_kind) = match kind.as_str() {
+            Some("Pod") => (BoundKind::Pod, Kind::Pod),
+            Some("Secret") => (BoundKind::Secret, Kind::Secret),
+            _ => {
+                return Err(invalid_token_request(
+                    account,
+                    "spec.boundObjectRef.kind",
+                    kind,
+                    "supported values: \"Pod\", \"Secret\"",
+                ));
+            }
+        };
         let Some(name) = reference["name"].as_str().filter(|n| !n.is_empty()) else {
             return Err(invalid_token_request(
                 account,
                 "spec.boundObjectRef.name",
                 &reference["name"],
-                "must name the pod",
+                "must name the object",
             ));
         };
-        let pods = self.state.registry.builtin(Kind::Pod);
-        let pod = self
+        let resource = self.state.registry.builtin(registry_kind);
+        let object = self
             .state
             .storage
-            .get(&pods, self.namespace(), name, true)
+            .get(&resource, self.namespace(), name, true)
             .await?
-            .ok_or_else(|| ApiError::not_found(&pods, name))?;
-        let uid = meta::meta_str(&pod.object, "uid").unwrap_or("").to_owned();
+            .ok_or_else(|| ApiError::not_found(&resource, name))?;
+        let uid = meta::meta_str(&object.object, "uid")
+            .unwrap_or("")
+            .to_owned();
         if let Some(wanted) = reference["uid"].as_str().filter(|u| !u.is_empty())
             && wanted != uid
         {
             return Err(ApiError::conflict_because(
-                &pods,
+                &resource,
                 name,
                 &format!(
                     "the UID in the bound object reference ({wanted}) does not match the UID in record. The object might have been deleted and then recreated"
                 ),
             ));
         }
-        Ok(Some(crate::auth::BoundPod {
+        Ok(Some(BoundObject {
+            kind: bound_kind,
             name: name.to_owned(),
             uid,
         }))
+    }
+
+    /// Fills a new `kubernetes.io/service-account-token` Secret as Kubernetes' token
+    /// controller does: `data.token` (a token bound to this Secret, so it lasts until
+    /// the Secret is deleted), `data["ca.crt"]` and `data.namespace`, and notes the
+    /// account's uid. The account named by the `kubernetes.io/service-account.name`
+    /// annotation must exist. Other Secrets are left alone.
+    async fn fill_account_token(&self, secret: &mut Value) -> Result<(), ApiError> {
+        if secret["type"] != service_accounts::TOKEN_SECRET_TYPE {
+            return Ok(());
+        }
+        let name = meta::name_of(secret).to_owned();
+        let field = format!(
+            "metadata.annotations[{}]",
+            service_accounts::ACCOUNT_NAME_ANNOTATION
+        );
+        let Some(account_name) = secret
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(service_accounts::ACCOUNT_NAME_ANNOTATION))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+        else {
+            return Err(ApiError::invalid(
+                &self.resource,
+                &name,
+                vec![FieldError::required(field)],
+            ));
+        };
+        let accounts = self.state.registry.builtin(Kind::ServiceAccount);
+        let Some(account) = self
+            .state
+            .storage
+            .get(&accounts, self.namespace(), &account_name, true)
+            .await?
+        else {
+            return Err(ApiError::invalid(
+                &self.resource,
+                &name,
+                vec![FieldError::invalid(
+                    field,
+                    &json!(account_name),
+                    &format!("serviceaccount {account_name:?} not found"),
+                )],
+            ));
+        };
+        let tokens =
+            self.state.tokens.as_ref().ok_or_else(|| {
+                ApiError::Unavailable("this server has no token signing key".into())
+            })?;
+        let namespace = self.namespace().unwrap_or("default").to_owned();
+        let account_uid = meta::meta_str(&account.object, "uid")
+            .unwrap_or("")
+            .to_owned();
+        let claims = crate::auth::TokenClaims {
+            namespace: namespace.clone(),
+            name: account_name,
+            uid: account_uid.clone(),
+            expires: time::OffsetDateTime::now_utc().unix_timestamp()
+                + service_accounts::SECRET_TOKEN_SECONDS,
+            bound: Some(BoundObject {
+                kind: BoundKind::Secret,
+                name: name.clone(),
+                uid: meta::meta_str(secret, "uid").unwrap_or("").to_owned(),
+            }),
+        };
+        let token = tokens.issue(&claims, &[])?;
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let data = &mut secret["data"];
+        if !data.is_object() {
+            *data = json!({});
+        }
+        data["token"] = json!(encode(&token));
+        data[service_accounts::ROOT_CA_KEY] = json!(encode(&self.state.ca_cert));
+        data["namespace"] = json!(encode(&namespace));
+        let annotations = &mut secret["metadata"]["annotations"];
+        annotations[service_accounts::ACCOUNT_UID_ANNOTATION] = json!(account_uid);
+        Ok(())
     }
 
     /// SelfSubjectAccessReview and SelfSubjectRulesReview.

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::auth::{Tokens, User};
+use crate::auth::{BoundKind, Tokens, User};
 use crate::discovery;
 use crate::error::ApiError;
 use crate::openapi::OpenApi;
@@ -52,6 +52,9 @@ pub struct ApiState {
     pub authorizer: Arc<Authorizer>,
     /// ServiceAccount token signing (absent without the CA key).
     pub tokens: Option<Arc<Tokens>>,
+    /// The cluster CA certificate (PEM), for the `ca.crt` of ServiceAccount token
+    /// Secrets.
+    pub ca_cert: String,
     /// OpenAPI documents.
     pub openapi: OpenApi,
     /// Rung when RBAC objects change here.
@@ -213,13 +216,17 @@ async fn authenticate(
             &claims.uid,
         )
         .await?;
-        // A pod-bound token dies with its pod: the same pod (by uid), not past the
-        // time its deletion ends (its token still works through the grace period).
-        if let Some(bound) = &claims.pod {
-            let pod =
-                same_object(state, Kind::Pod, &claims.namespace, &bound.name, &bound.uid).await?;
-            let deleted_by =
-                crate::meta::meta_str(&pod, "deletionTimestamp").and_then(crate::meta::parse_time);
+        // A bound token dies with its object: the same one (by uid), not past the time
+        // its deletion ends (a pod's token still works through its grace period).
+        if let Some(bound) = &claims.bound {
+            let kind = match bound.kind {
+                BoundKind::Pod => Kind::Pod,
+                BoundKind::Secret => Kind::Secret,
+            };
+            let object =
+                same_object(state, kind, &claims.namespace, &bound.name, &bound.uid).await?;
+            let deleted_by = crate::meta::meta_str(&object, "deletionTimestamp")
+                .and_then(crate::meta::parse_time);
             if deleted_by.is_some_and(|t| t < time::OffsetDateTime::now_utc().unix_timestamp()) {
                 return Err(ApiError::Unauthorized);
             }

@@ -7,6 +7,10 @@
 //! the `kube-root-ca.crt` ConfigMap, and the namespace.
 //!
 //! A container that already mounts something at that path keeps its own mount.
+//!
+//! A `kubernetes.io/service-account-token` Secret is filled on create, as
+//! Kubernetes' token controller fills it (`rest.rs`): a token bound to the Secret, the
+//! CA and the namespace.
 
 pub use cairn_api::service_account::{
     DEFAULT_ACCOUNT, MOUNT_PATH, ROOT_CA_CONFIG_MAP, ROOT_CA_KEY,
@@ -22,6 +26,16 @@ use crate::meta;
 pub const TOKEN_SECONDS: i64 = 3607;
 /// How long such a token is valid.
 pub const EXTENDED_TOKEN_SECONDS: i64 = 365 * 24 * 3600;
+
+/// The type of a Secret that holds a long-lived token of an account.
+pub const TOKEN_SECRET_TYPE: &str = "kubernetes.io/service-account-token";
+/// The annotation naming such a Secret's account.
+pub const ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+/// The annotation the server adds with the account's uid.
+pub const ACCOUNT_UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
+/// How long a token Secret's token is signed for: a century, standing for Kubernetes'
+/// "never". It is bound to its Secret, so deleting the Secret ends it.
+pub const SECRET_TOKEN_SECONDS: i64 = 100 * 365 * 24 * 3600;
 
 /// The account `pod` runs as: `spec.serviceAccountName`, else the deprecated
 /// `spec.serviceAccount`, else `default`.

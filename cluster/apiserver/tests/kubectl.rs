@@ -781,6 +781,58 @@ async fn service_account_tokens_authenticate_until_the_account_is_gone() {
     )
     .await;
     c.ok_as(&["get", "configmaps"], &config).await;
+    // A long-lived token Secret, filled by the server: its token works until the
+    // Secret is deleted. One for an account that does not exist is refused.
+    let token_secret = |name: &str, account: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  annotations:\n    kubernetes.io/service-account.name: {account}\ntype: kubernetes.io/service-account-token\n"
+        )
+    };
+    c.ok(&[
+        "apply",
+        "-f",
+        &c.file("robot-token.yaml", &token_secret("robot-token", "robot")),
+    ])
+    .await;
+    let filled = c
+        .ok(&[
+            "get",
+            "secret",
+            "robot-token",
+            "-o",
+            "jsonpath={.data.token} {.data.namespace} {.metadata.annotations.kubernetes\\.io/service-account\\.uid}",
+        ])
+        .await;
+    let words: Vec<&str> = filled.split(' ').collect();
+    assert_eq!(words.len(), 3, "{filled}");
+    assert_eq!(words[1], "ZGVmYXVsdA==", "{filled}"); // "default"
+    assert!(!words[2].is_empty(), "{filled}");
+    let secret_token = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, words[0]).unwrap(),
+    )
+    .unwrap();
+    let secret_config = c.write_token_kubeconfig("robot-secret", &secret_token);
+    c.ok_as(&["get", "configmaps"], &secret_config).await;
+    let described = c.ok(&["describe", "secret", "robot-token"]).await;
+    assert!(described.contains("ca.crt:"), "{described}");
+    let orphan = c
+        .fails(
+            &[
+                "apply",
+                "-f",
+                &c.file("ghost-token.yaml", &token_secret("ghost-token", "ghost")),
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        orphan.contains("metadata.annotations[kubernetes.io/service-account.name]")
+            && orphan.contains("serviceaccount \"ghost\" not found"),
+        "{orphan}"
+    );
+    c.ok(&["delete", "secret", "robot-token"]).await;
+    let revoked = c.fails(&["get", "configmaps"], Some(&secret_config)).await;
+    assert!(revoked.contains("Unauthorized"), "{revoked}");
     c.ok(&["delete", "serviceaccount", "robot"]).await;
     let gone = c.fails(&["get", "configmaps"], Some(&config)).await;
     assert!(gone.contains("Unauthorized"), "{gone}");
