@@ -296,6 +296,7 @@ impl Sync<'_> {
             }
         }
         let mut missing: Vec<String> = Vec::new();
+        let now = k8s_openapi::jiff::Timestamp::now();
         // Nodes without an available pod, for the rolling update's budget.
         let mut unavailable = 0;
         let mut desired = 0;
@@ -332,7 +333,7 @@ impl Sync<'_> {
             });
             let keep = live.remove(0);
             doomed.extend(live);
-            if !ready(keep) {
+            if !crate::pods::available(keep, self.set.spec.min_ready_seconds, now) {
                 unavailable += 1;
             }
             if !self.updated(keep) {
@@ -435,7 +436,9 @@ impl Sync<'_> {
         let mut current = 0;
         let mut misscheduled = 0;
         let mut ready_count = 0;
+        let mut available = 0;
         let mut updated = 0;
+        let now = k8s_openapi::jiff::Timestamp::now();
         for node in nodes {
             let name = node.name_any();
             let pods: Vec<&Arc<Pod>> = owned
@@ -454,6 +457,12 @@ impl Sync<'_> {
                 if pods.iter().any(|p| ready(p)) {
                     ready_count += 1;
                 }
+                if pods
+                    .iter()
+                    .any(|p| crate::pods::available(p, self.set.spec.min_ready_seconds, now))
+                {
+                    available += 1;
+                }
                 if pods.iter().any(|p| self.updated(p)) {
                     updated += 1;
                 }
@@ -467,8 +476,8 @@ impl Sync<'_> {
             current_number_scheduled: current,
             number_misscheduled: misscheduled,
             number_ready: ready_count,
-            number_available: Some(ready_count),
-            number_unavailable: Some(desired - ready_count),
+            number_available: Some(available),
+            number_unavailable: Some(desired - available),
             updated_number_scheduled: Some(updated),
             observed_generation: self.set.metadata.generation,
             ..current_status.clone()

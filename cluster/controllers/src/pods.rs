@@ -37,6 +37,31 @@ pub fn ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the pod is available: ready for at least `min_ready_seconds` (a
+/// workload's `minReadySeconds`) by `now`, judged from its Ready condition's last
+/// change, as kube-controller-manager does. Controllers look again on their next
+/// resync, so a pod becomes available within one resync of the time.
+pub fn available(pod: &Pod, min_ready_seconds: Option<i32>, now: Timestamp) -> bool {
+    if !ready(pod) {
+        return false;
+    }
+    let seconds = min_ready_seconds.unwrap_or(0).max(0);
+    if seconds == 0 {
+        return true;
+    }
+    let since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    since.is_some_and(|since| {
+        now.duration_since(since)
+            >= k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds))
+    })
+}
+
 /// When a finished pod finished, as Kubernetes judges it: its last container's end,
 /// else its Ready condition's last change, else its creation.
 pub fn finished_at(pod: &Pod) -> Option<Timestamp> {
@@ -63,6 +88,31 @@ pub fn finished_at(pod: &Pod) -> Option<Timestamp> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_ready_pod_is_available_once_min_ready_seconds_have_passed() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .unwrap();
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        assert!(available(&pod, None, at("2026-01-01T00:00:00Z")));
+        assert!(available(&pod, Some(0), at("2026-01-01T00:00:00Z")));
+        assert!(!available(&pod, Some(10), at("2026-01-01T00:00:09Z")));
+        assert!(available(&pod, Some(10), at("2026-01-01T00:00:10Z")));
+        let mut unready = pod.clone();
+        unready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        assert!(!available(&unready, None, at("2026-01-01T00:01:00Z")));
+    }
 
     #[test]
     fn a_pod_finished_when_its_last_container_ended() {

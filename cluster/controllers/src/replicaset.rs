@@ -5,8 +5,8 @@
 //! youngest), as kube-controller-manager does. Pods being deleted or finished do not
 //! count. What was asked of the API but not seen in the cache yet is remembered (the
 //! controller's "expectations"), so a lagging cache never makes it create twice.
-//! Status (`replicas`, `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas`,
-//! `observedGeneration`) is written when it changes.
+//! Status (`replicas`, `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas`
+//! (ready for `minReadySeconds`), `observedGeneration`) is written when it changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -234,12 +234,14 @@ async fn write_status(client: &kube::Client, set: &ReplicaSet, owned: &[Arc<Pod>
             .all(|(k, v)| p.labels().get(k) == Some(v))
     });
     let ready_count = count(&ready);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let available_count = count(&|p: &Pod| pods::available(p, set.spec.min_ready_seconds, now));
     let current = set.status.clone().unwrap_or_default();
     let next = ReplicaSetStatus {
         replicas: count(&|_| true),
         fully_labeled_replicas: Some(fully_labeled),
         ready_replicas: Some(ready_count),
-        available_replicas: Some(ready_count),
+        available_replicas: Some(available_count),
         observed_generation: set.metadata.generation,
         conditions: current.conditions.clone(),
         ..current.clone()

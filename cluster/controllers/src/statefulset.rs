@@ -498,6 +498,9 @@ impl Sync<'_> {
         };
         let replicas = count(&|_| true);
         let ready_count = count(&healthy);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let min_ready = self.set.spec.min_ready_seconds;
+        let available_count = count(&|p| healthy(p) && pods::available(p, min_ready, now));
         let updated = count(&|p| revision_of(p) == Some(revisions.update.as_str()));
         let mut current_revision = revisions.current.clone();
         let mut current = count(&|p| revision_of(p) == Some(revisions.current.as_str()));
@@ -517,7 +520,7 @@ impl Sync<'_> {
         let next = StatefulSetStatus {
             replicas,
             ready_replicas: Some(ready_count),
-            available_replicas: Some(ready_count),
+            available_replicas: Some(available_count),
             current_replicas: Some(current),
             updated_replicas: Some(updated),
             current_revision: Some(current_revision),

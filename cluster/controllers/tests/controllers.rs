@@ -2,7 +2,8 @@
 //! process, through the same kube client a control plane runs. A ReplicaSet gets its
 //! pods, replaces a deleted one and scales down; a node whose Lease stops being renewed
 //! becomes Unknown and tainted, its pods are marked not ready and evicted (a pod
-//! tolerating the taint stays), and the taint goes when the node reports again.
+//! tolerating the taint stays), and the taint goes when the node reports again. A
+//! ReplicaSet with `minReadySeconds` counts its ready pods available only after that.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use cairn_apiserver::testing::TestServer;
 use cairn_controllers::node_lifecycle::UNREACHABLE_TAINT;
 use cairn_controllers::{ControllerOptions, run};
-use common::{client, until};
+use common::{client, play_the_agent, until};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -127,6 +128,45 @@ async fn a_replica_set_keeps_its_pods_and_scales() {
     .await;
     stop.cancel();
     controllers.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_pods_become_available_after_min_ready_seconds() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = TestServer::start().await.unwrap();
+    let client = client(&server).await;
+    let stop = CancellationToken::new();
+    let controllers = tokio::spawn(run(client.clone(), options(), stop.clone()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let agent = tokio::spawn(play_the_agent(pods.clone(), stop.clone()));
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let set: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "steady"},
+        "spec": {"replicas": 2, "minReadySeconds": 5,
+            "selector": {"matchLabels": {"app": "steady"}},
+            "template": {"metadata": {"labels": {"app": "steady"}},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]}}},
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let counted = |status: &k8s_openapi::api::apps::v1::ReplicaSetStatus| {
+        (status.ready_replicas, status.available_replicas)
+    };
+    let ready = until("two ready pods", || async {
+        let status = sets.get("steady").await.ok()?.status?;
+        (status.ready_replicas == Some(2)).then_some(status)
+    })
+    .await;
+    // Ready, but not for five seconds yet.
+    assert_eq!(counted(&ready), (Some(2), Some(0)));
+    until("two available pods", || async {
+        let status = sets.get("steady").await.ok()?.status?;
+        (counted(&status) == (Some(2), Some(2))).then_some(())
+    })
+    .await;
+    stop.cancel();
+    controllers.await.unwrap();
+    agent.await.unwrap();
 }
 
 async fn renew(leases: &Api<Lease>, name: &str) {

@@ -130,8 +130,9 @@ pub async fn play_the_agent(pods: Api<Pod>, stop: CancellationToken) {
                     .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0))
                     .unwrap_or_default();
                 if age.as_millis() >= 200 {
+                    let now = k8s_openapi::jiff::Timestamp::now().to_string();
                     let status = json!({"status": {"phase": "Running", "conditions": [
-                        {"type": "Ready", "status": "True"}]}});
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
                     let _ = pods
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                         .await;
