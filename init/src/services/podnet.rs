@@ -117,9 +117,34 @@ fn parse(key: &[u8], value: &[u8]) -> Result<NodeRegistration, ClaimError> {
     })
 }
 
-/// Claims this node's pod CIDR (or finds the one it has), registering its address.
-pub async fn claim(store: &StoreNode, settings: &PodNetSettings) -> Result<Ipv4Net, ClaimError> {
-    let store_error = |e: cairn_store::protocol::ClientError| ClaimError::Store(e.to_string());
+/// Who claims a pod CIDR: a node, the address other nodes route its pods through, and
+/// `cluster.podSubnet`.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    /// The node's name.
+    pub node_name: &'a str,
+    /// Its address.
+    pub address: IpAddr,
+    /// `cluster.podSubnet`.
+    pub cluster_cidr: Ipv4Net,
+}
+
+impl<'a> From<&'a PodNetSettings> for Claimant<'a> {
+    fn from(settings: &'a PodNetSettings) -> Self {
+        Self {
+            node_name: &settings.node_name,
+            address: settings.address,
+            cluster_cidr: settings.cluster_cidr,
+        }
+    }
+}
+
+fn store_error(err: cairn_store::protocol::ClientError) -> ClaimError {
+    ClaimError::Store(err.to_string())
+}
+
+/// Claims the node's pod CIDR (or finds the one it has), registering its address.
+pub async fn claim(store: &StoreNode, settings: Claimant<'_>) -> Result<Ipv4Net, ClaimError> {
     let node_key = format!("{NODES_PREFIX}{}", settings.node_name);
     let prefix = node_prefix(settings.cluster_cidr);
     loop {
@@ -200,7 +225,7 @@ pub async fn claim(store: &StoreNode, settings: &PodNetSettings) -> Result<Ipv4N
                 },
                 Op::Put {
                     key: cidr_key(free).into_bytes(),
-                    value: settings.node_name.clone().into_bytes(),
+                    value: settings.node_name.as_bytes().to_vec(),
                 },
             ],
             failure: Vec::new(),
@@ -211,6 +236,39 @@ pub async fn claim(store: &StoreNode, settings: &PodNetSettings) -> Result<Ipv4N
         }
         // Somebody claimed it first (or our registration changed): look again.
     }
+}
+
+/// Gives back the pod CIDR claimed for the node `node_name` (a deleted worker's):
+/// its registration and its claim go in one transaction, unless the registration
+/// changed meanwhile. Returns the CIDR released, if there was one.
+pub async fn release(store: &StoreNode, node_name: &str) -> Result<Option<Ipv4Net>, ClaimError> {
+    let node_key = format!("{NODES_PREFIX}{node_name}");
+    let mine = store
+        .read(RangeRequest::key(node_key.clone()), true)
+        .await
+        .map_err(store_error)?;
+    let Some(kv) = mine.kvs.first() else {
+        return Ok(None);
+    };
+    let registration = parse(&kv.key, &kv.value)?;
+    let txn = Txn {
+        compare: vec![Compare {
+            key: node_key.clone().into_bytes(),
+            target: CompareTarget::ModRevision(kv.mod_revision),
+            result: CompareResult::Equal,
+        }],
+        success: vec![
+            Op::Delete {
+                key: node_key.into_bytes(),
+            },
+            Op::Delete {
+                key: cidr_key(registration.pod_cidr).into_bytes(),
+            },
+        ],
+        failure: Vec::new(),
+    };
+    let released = written(store.write(Request::Txn(txn)).await.map_err(store_error)?);
+    Ok(released.then_some(registration.pod_cidr))
 }
 
 fn written(response: Response) -> bool {
@@ -296,7 +354,7 @@ impl Service for PodNetService {
             let Some(node) = store_with_leader(&store, &ctx.shutdown).await else {
                 return Ok(());
             };
-            let pod_cidr = claim(&node, &settings)
+            let pod_cidr = claim(&node, Claimant::from(&settings))
                 .await
                 .map_err(|e| ServiceError::failed("cannot claim a pod CIDR", e))?;
             let network = start_network(&settings, pod_cidr).await?;
@@ -377,13 +435,32 @@ fn node_pod_cidr(node: &Node) -> Option<Ipv4Net> {
 /// plane claims its own) gets one, claimed in the store exactly as control planes
 /// claim theirs, so no two nodes ever share one and a node keeps its CIDR; the claim
 /// also registers the node's address, so control planes route its pods to it.
+///
+/// A worker Node that is deleted gives its CIDR back, as kube-controller-manager's
+/// IPAM does. Only deletions this leader sees are noticed: a worker deleted while no
+/// leader ran keeps its claim. (A control plane's claim is its own, never released.)
 pub async fn allocate_node_cidrs(client: kube::Client, ipam: NodeIpam, term: CancellationToken) {
     let nodes: Api<Node> = Api::all(client);
+    let mut workers = std::collections::BTreeSet::new();
     loop {
-        if let Some(store) = ipam.store.get()
-            && let Err(err) = allocate_once(&nodes, &store, ipam.cluster_cidr).await
-        {
-            warn!(error = %err, "node pod CIDRs not allocated; retrying");
+        if let Some(store) = ipam.store.get() {
+            match allocate_once(&nodes, &store, ipam.cluster_cidr).await {
+                Ok(listed) => {
+                    for gone in workers.difference(&listed) {
+                        match release(&store, gone).await {
+                            Ok(Some(cidr)) => {
+                                info!(node = %gone, %cidr, "deleted node's pod CIDR released")
+                            }
+                            Ok(None) => {}
+                            Err(err) => {
+                                warn!(node = %gone, error = %err, "deleted node's pod CIDR not released")
+                            }
+                        }
+                    }
+                    workers = listed;
+                }
+                Err(err) => warn!(error = %err, "node pod CIDRs not allocated; retrying"),
+            }
         }
         tokio::select! {
             () = term.cancelled() => return,
@@ -409,18 +486,28 @@ enum AllocateError {
     },
 }
 
+/// One pass of the node IPAM; returns the workers' names the API listed.
 async fn allocate_once(
     nodes: &Api<Node>,
     store: &StoreNode,
     cluster_cidr: Ipv4Net,
-) -> Result<(), AllocateError> {
+) -> Result<std::collections::BTreeSet<String>, AllocateError> {
     let listed = nodes
         .list(&ListParams::default())
         .await
         .map_err(AllocateError::Api)?;
     let mut first_failure = None;
+    let mut workers = std::collections::BTreeSet::new();
     for node in listed {
         let name = node.metadata.name.clone().unwrap_or_default();
+        let control_plane = node
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(cairn_agent::node::CONTROL_PLANE_LABEL));
+        if !control_plane {
+            workers.insert(name.clone());
+        }
         if node_pod_cidr(&node).is_some() {
             continue;
         }
@@ -433,7 +520,7 @@ async fn allocate_once(
             first_failure.get_or_insert(err);
         }
     }
-    first_failure.map_or(Ok(()), Err)
+    first_failure.map_or(Ok(workers), Err)
 }
 
 /// Claims a pod CIDR for the Node `name` reached at `address` and sets it in its spec.
@@ -444,13 +531,12 @@ async fn allocate_one(
     name: &str,
     address: IpAddr,
 ) -> Result<(), AllocateError> {
-    let settings = PodNetSettings {
-        node_name: name.to_owned(),
+    let claimant = Claimant {
+        node_name: name,
         address,
         cluster_cidr,
-        state_dir: PathBuf::new(),
     };
-    let cidr = claim(store, &settings)
+    let cidr = claim(store, claimant)
         .await
         .map_err(|source| AllocateError::Claim {
             node: name.to_owned(),
@@ -585,11 +671,11 @@ mod tests {
             async move {
                 claim(
                     &store,
-                    &settings(
+                    Claimant::from(&settings(
                         &format!("node-{n}"),
                         &format!("10.5.0.{n}"),
                         "10.244.0.0/26",
-                    ),
+                    )),
                 )
                 .await
             }
@@ -600,12 +686,18 @@ mod tests {
         assert_eq!(cidrs.len(), 4, "{cidrs:?}");
         assert!(cidrs.iter().all(|c| c.prefix_len() == 28));
         // Claiming again (a restart) keeps the CIDR; a new address is registered.
-        let first = claim(&store, &settings("node-1", "10.5.0.1", "10.244.0.0/26"))
-            .await
-            .unwrap();
-        let moved = claim(&store, &settings("node-1", "10.5.0.99", "10.244.0.0/26"))
-            .await
-            .unwrap();
+        let first = claim(
+            &store,
+            Claimant::from(&settings("node-1", "10.5.0.1", "10.244.0.0/26")),
+        )
+        .await
+        .unwrap();
+        let moved = claim(
+            &store,
+            Claimant::from(&settings("node-1", "10.5.0.99", "10.244.0.0/26")),
+        )
+        .await
+        .unwrap();
         assert_eq!(first, moved);
         let seen = peers(&store, "node-2").await.unwrap();
         assert_eq!(seen.len(), 3);
@@ -614,11 +706,32 @@ mod tests {
             via: "10.5.0.99".parse().unwrap()
         }));
         // The subnet holds four: a fifth node is told which setting to grow.
-        let full = claim(&store, &settings("node-5", "10.5.0.5", "10.244.0.0/26"))
-            .await
-            .unwrap_err()
-            .to_string();
+        let full = claim(
+            &store,
+            Claimant::from(&settings("node-5", "10.5.0.5", "10.244.0.0/26")),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(full.contains("cluster.podSubnet 10.244.0.0/26"), "{full}");
+        // A deleted node's CIDR goes back, and the next node can have it.
+        let second = peers(&store, "node-1")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.via == "10.5.0.2".parse::<IpAddr>().unwrap())
+            .unwrap()
+            .pod_cidr;
+        assert_eq!(release(&store, "node-2").await.unwrap(), Some(second));
+        assert_eq!(release(&store, "node-2").await.unwrap(), None);
+        assert_eq!(peers(&store, "node-1").await.unwrap().len(), 2);
+        let fifth = claim(
+            &store,
+            Claimant::from(&settings("node-5", "10.5.0.5", "10.244.0.0/26")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(fifth, second);
         store.shutdown().await;
     }
 
