@@ -82,13 +82,19 @@ pub async fn record(
     }
 }
 
-/// Adds one to the count of the event `name` that exists already.
+/// Adds one to the count of the event `name` that exists already. Recorders may
+/// create and patch events but not read them (as in Kubernetes' roles), so the first
+/// patch's answer gives the count the second one raises; two recorders racing may
+/// lose a count, never an event.
 async fn count_again(events: &Api<Event>, name: &str, now: &str) -> Result<(), kube::Error> {
-    let existing = events.get(name).await?;
+    let touched = json!({"lastTimestamp": now});
+    let existing = events
+        .patch(name, &PatchParams::default(), &Patch::Merge(&touched))
+        .await?;
     let count = existing.count.unwrap_or(1).saturating_add(1);
-    let patch = json!({"count": count, "lastTimestamp": now});
+    let counted = json!({"count": count});
     events
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&counted))
         .await
         .map(drop)
 }
