@@ -194,11 +194,7 @@ impl PodSync {
         let (Some(name), Some(spec)) = (pod.metadata.name.clone(), pod.spec.clone()) else {
             return;
         };
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = namespace_of(pod);
         let span = info_span!("pod", pod = %format!("{namespace}/{name}"), %uid);
         let (client, runtime, pod, uid_owned) = (
             self.client.clone(),
@@ -269,11 +265,7 @@ impl PodSync {
         if events.is_empty() {
             return;
         }
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = namespace_of(pod);
         let (client, node, uid) = (
             self.client.clone(),
             self.settings.node.clone(),
@@ -365,15 +357,7 @@ impl PodSync {
         let grace = pod
             .and_then(|p| p.metadata.deletion_grace_period_seconds)
             .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)));
-        let api = pod.and_then(|p| {
-            Some((
-                p.metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                p.metadata.name.clone()?,
-            ))
-        });
+        let api = pod.and_then(|p| Some((namespace_of(p), p.metadata.name.clone()?)));
         let label = api
             .as_ref()
             .map(|(ns, name)| format!("{ns}/{name}"))
@@ -450,6 +434,14 @@ fn same_report(previous: Option<&PodStatus>, next: &PodStatus) -> bool {
             && p.init_container_statuses == next.init_container_statuses
             && p.start_time == next.start_time
     })
+}
+
+/// The pod's namespace (`default` when it names none).
+fn namespace_of(pod: &Pod) -> String {
+    pod.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
 }
 
 /// The merge patch writing `status` to the pod `uid`. Fields the agent leaves unset are
